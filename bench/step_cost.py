@@ -1,0 +1,167 @@
+"""Does a training step cost the same at task 1, 20 and 100? Is merged inference a plain ViT?
+
+Measured side by side in one run, interleaved (round-robin over the settings, median of the
+repeats), on the embedded ViT:
+
+1. SD-LoRA training step (forward, backward, Adam step; batch 64) with 0, 19 and 99 earlier
+   frozen components: ratio to the task-1 step.
+2. The released code's way: one low-rank branch per earlier component on every token, at the
+   same task counts: ratio to its own task-1 step.
+3. Inference: `ContinualViT.merged()` after 100 tasks against the plain timm ViT: ratio.
+
+    python bench/step_cost.py [--batch 64] [--repeats 7] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sdlora.config import TrainConfig  # noqa: E402
+from sdlora.model import ContinualViT  # noqa: E402
+from sdlora.train import build_model, task_generator  # noqa: E402
+
+
+def sd_lora_at(tasks: int, device) -> ContinualViT:
+    """An SD-LoRA model on its `tasks`-th task: tasks-1 frozen components and a current one."""
+    model = build_model(TrainConfig(method="sd-lora", tasks=1, benchmark="digits"), device)
+    for t in range(tasks):
+        if t:
+            model.end_task()
+        model.begin_task(t, 4, task_generator(0, t))
+    return model
+
+
+class BranchQKV(nn.Module):
+    """The released code's forward: W0 x + sum_k alpha_k (A_k B_k x) / (||A_k|| ||B_k||) + A_t B_t x,
+    one low-rank branch per component, per token."""
+
+    def __init__(self, base: nn.Linear, adapter, block: int) -> None:
+        super().__init__()
+        self.base, self.adapter, self.block = base, adapter, block
+
+    def forward(self, x):  # (B, N, D)
+        out = self.base(x)  # (B, N, 3D)
+        a, d = self.adapter, self.base.in_features
+        q, v = out[..., :d], out[..., 2 * d:]
+        for c in a.components:
+            for j, target in ((0, q), (1, v)):
+                p = 2 * self.block + j
+                A, B = a.A[c.key][p], a.B[c.key][p]  # (D, r), (r, D)
+                branch = (x @ B.T) @ A.T  # (B, N, D)
+                if c.frozen:
+                    branch = a.magnitude[c.key] * branch / (A.norm() * B.norm())
+                target = target + branch
+                if j == 0:
+                    q = target
+                else:
+                    v = target
+        return torch.cat([q, out[..., d:2 * d], v], dim=-1)
+
+
+def released_at(tasks: int, device) -> nn.Module:
+    model = sd_lora_at(tasks, device)
+    backbone = model.backbone
+    for i, block in enumerate(backbone.blocks):
+        block.attn.qkv = BranchQKV(block.attn.qkv, model.adapter, i)
+    model.adapter.requires_grad_(False)
+    for c in model.adapter.components:
+        model.adapter.magnitude[c.key].requires_grad_(True)
+        if not c.frozen:
+            model.adapter.A[c.key].requires_grad_(True)
+            model.adapter.B[c.key].requires_grad_(True)
+
+    def forward(x):
+        return model.head(backbone((x - model.mean) / model.std))
+    return model, forward
+
+
+def step_timer(model: nn.Module, forward, batch: torch.Tensor, labels: torch.Tensor):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-4)
+
+    def step() -> float:
+        start = time.perf_counter()
+        loss = F.cross_entropy(forward(batch), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if batch.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+    return step
+
+
+def inference_timer(forward, batch):
+    @torch.no_grad()
+    def run() -> float:
+        start = time.perf_counter()
+        forward(batch)
+        if batch.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+    return run
+
+
+def interleaved(timers: dict, repeats: int, inner: int) -> dict[str, float]:
+    for timer in timers.values():  # warm-up
+        timer()
+    samples = {k: [] for k in timers}
+    for _ in range(repeats):
+        for name, timer in timers.items():
+            samples[name].append(sum(timer() for _ in range(inner)) / inner)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--inner", type=int, default=3)
+    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 20, 100])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    x = torch.rand(args.batch, 3, 28, 28, device=device)
+    y = torch.randint(0, 4, (args.batch,), device=device)
+
+    timers = {}
+    for n in args.tasks:
+        m = sd_lora_at(n, device)
+        m.trainable_parameters()
+        timers[f"sd-lora@{n}"] = step_timer(m, lambda b, m=m: m(b)[:, -4:], x, y)
+        released, fwd = released_at(n, device)
+        timers[f"released@{n}"] = step_timer(released, lambda b, f=fwd: f(b)[:, -4:], x, y)
+    final = sd_lora_at(max(args.tasks), device).eval()
+    merged = final.merged().eval()
+    plain = build_model(TrainConfig(method="frozen", benchmark="digits"), device).backbone.eval()
+    plain.reset_classifier(final.head.num_classes)
+    timers["infer merged"] = inference_timer(merged, x)
+    timers["infer plain timm ViT"] = inference_timer(plain, x)
+    timers["infer unmerged"] = inference_timer(final, x)
+    t = interleaved(timers, args.repeats, args.inner)
+
+    print(f"device {device}, batch {args.batch}, median of {args.repeats} x {args.inner}, "
+          f"torch threads {torch.get_num_threads()}")
+    first = min(args.tasks)
+    print(f"{'tasks':>6} {'SD-LoRA step ms':>16} {'ratio':>6} {'released-style ms':>18} {'ratio':>6}")
+    for n in args.tasks:
+        a, b = t[f"sd-lora@{n}"], t[f"released@{n}"]
+        print(f"{n:>6} {1e3 * a:16.1f} {a / t[f'sd-lora@{first}']:6.3f} {1e3 * b:18.1f} "
+              f"{b / t[f'released@{first}']:6.3f}")
+    p, mg, um = t["infer plain timm ViT"], t["infer merged"], t["infer unmerged"]
+    print(f"inference after {max(args.tasks)} tasks: merged {1e3 * mg:.1f} ms, plain timm ViT "
+          f"{1e3 * p:.1f} ms, ratio {mg / p:.3f}; unmerged {1e3 * um:.1f} ms ({um / p:.3f})")
+
+
+if __name__ == "__main__":
+    main()

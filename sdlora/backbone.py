@@ -1,0 +1,72 @@
+"""Backbones: timm VisionTransformers, built by tag, weights from a hub or from a local file.
+
+The embedded foundation model is a small timm ViT (width 192, 6 blocks, 3 heads, patch 4,
+28x28 inputs) pretrained by ``python -m sdlora pretrain`` and shipped as safetensors in
+``sdlora/assets``. It loads through timm's own pretrained-weights path
+(``pretrained_cfg_overlay=dict(file=...)``), the same path that loads ViT-B/16 from a local file.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+__all__ = ["BackboneSpec", "EMBEDDED", "EMBEDDED_WEIGHTS", "create_backbone", "BACKBONES"]
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_WEIGHTS = Path(__file__).parent / "assets" / "embedded_vit_t6p4.safetensors"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone: a timm architecture plus overrides and normalisation."""
+
+    arch: str
+    kwargs: dict = field(default_factory=dict)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    weights: Path | None = None  # local weights file; None = timm's hub weights for `arch`
+
+
+EMBEDDED = BackboneSpec(
+    arch="vit_tiny_patch16_224",
+    kwargs=dict(img_size=28, patch_size=4, embed_dim=192, depth=6, num_heads=3),
+    weights=EMBEDDED_WEIGHTS,
+)
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "embedded-vit": EMBEDDED,
+    # The paper's backbone: name the tag explicitly (the bare name resolved to other weights
+    # across timm versions).
+    "vit_base_patch16_224.augreg2_in21k_ft_in1k": BackboneSpec(
+        "vit_base_patch16_224.augreg2_in21k_ft_in1k", mean=(0.5,) * 3, std=(0.5,) * 3),
+    "vit_base_patch16_224.dino": BackboneSpec(
+        "vit_base_patch16_224.dino", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+}
+
+
+def create_backbone(name: str, pretrained: bool = True, weights: Path | None = None,
+                    ) -> tuple[VisionTransformer, BackboneSpec]:
+    """Build a headless timm ViT (``num_classes=0``: forward returns the pooled token).
+
+    Args:
+        name: a key of `BACKBONES`, or any timm ViT tag.
+        pretrained: load weights (from `weights`, the spec's local file, or timm's hub).
+        weights: local weights file (safetensors or a torch state dict) overriding the spec's.
+    """
+    spec = BACKBONES.get(name) or BackboneSpec(name)
+    file = weights if weights is not None else spec.weights
+    if pretrained and file is not None and not Path(file).exists():
+        raise FileNotFoundError(f"weights file {file} for backbone {name!r} not found")
+    overlay = dict(file=str(file)) if file is not None else None
+    model = timm.create_model(spec.arch, pretrained=pretrained, num_classes=0,
+                              pretrained_cfg_overlay=overlay, **spec.kwargs)
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"backbone {name!r} builds a {type(model).__name__}; the adapters "
+                         f"need a timm VisionTransformer")
+    return model, spec

@@ -1,0 +1,289 @@
+"""Class-incremental training: forward -> loss -> backward -> step, task after task.
+
+Protocol (as the paper's codebase): a seeded class order cut into equal tasks; one linear head
+grown by each task's classes; the cross-entropy of task t sees only task t's logits (from the
+second task on, earlier classes get no gradient); at test time argmax over every class seen.
+A fresh optimiser per task over what the method trains (`ContinualViT.trainable_parameters`).
+
+Determinism and resume: every random choice of task t (head and adapter initialisation, batch
+order) comes from a generator seeded with (seed, t), and a task's only input from the past is
+the checkpoint written after task t-1. So `--resume` rebuilds the model from the last finished
+task's checkpoint, trains the remaining tasks, and ends with the numbers of an uninterrupted
+run (same seed, same device). A finished task is never trained again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .backbone import create_backbone
+from .config import ConfigError, TrainConfig
+from .data import ArrayDataset, Benchmark, TaskSplit, load_benchmark, make_task_split
+from .metrics import summarise
+from .model import ContinualViT
+from .runs import RunError, RunFolder, atomic_write_json, default_runs_root
+
+__all__ = ["resolve_device", "build_model", "load_model", "evaluate", "train", "task_generator",
+           "new_run_id"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA device is available; valid here: 'cpu', "
+                          "'auto'")
+    return torch.device(name)
+
+
+def task_generator(seed: int, task: int) -> torch.Generator:
+    """The generator of every random choice made for `task` (0-based)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + task)
+
+
+def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> ContinualViT:
+    backbone, spec = create_backbone(config.backbone, weights=config.weights)
+    return ContinualViT(backbone, config, spec.mean, spec.std).to(device)
+
+
+def load_model(run: RunFolder | Path | str, task: int, device: torch.device | str = "cpu",
+               ) -> ContinualViT:
+    """The model of `run` at the end of `task` (0-based), rebuilt from its checkpoint."""
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
+    tensors, meta = run.checkpoint(task)
+    config = TrainConfig.from_dict(meta["config"])
+    model = build_model(config, device)
+    generator = torch.Generator().manual_seed(0)  # shapes only: the values are loaded below
+    for t in range(task + 1):
+        model.head.grow(meta["classes_per_task"], generator)
+    model.task = task
+    head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+    model.head.load_state_dict(head)
+    for layer in model.head.tasks:
+        layer.requires_grad_(False)
+    backbone = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    if backbone:
+        model.backbone.load_state_dict(backbone)
+    if model.adapter is not None:
+        adapter = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
+        model.adapter.load_layout(meta["layout"], adapter)
+    return model.to(device)
+
+
+def _checkpoint_tensors(model: ContinualViT) -> dict[str, torch.Tensor]:
+    tensors = {f"head.{k}": v for k, v in model.head.state_dict().items()}
+    if model.adapter is not None:
+        tensors.update({f"adapter.{k}": v for k, v in model.adapter.tensors().items()})
+    if model.traits.backbone_trains:
+        tensors.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
+    return tensors
+
+
+@torch.no_grad()
+def evaluate(model: ContinualViT, split: TaskSplit, data: ArrayDataset, upto: int,
+             device: torch.device, batch_size: int = 256) -> list[float]:
+    """Accuracy (percent) on each task 0..upto's test data, argmax over every class seen."""
+    model.eval()
+    row = []
+    for task in range(upto + 1):
+        subset = split.task_data(data, task)
+        correct = 0
+        for i in range(0, len(subset), batch_size):
+            x = subset.images[i:i + batch_size].to(device)
+            y = subset.labels[i:i + batch_size].to(device)
+            correct += (model(x).argmax(1) == y).sum().item()
+        row.append(100.0 * correct / max(len(subset), 1))
+    return row
+
+
+def _optimizer(groups: dict[str, list], config: TrainConfig) -> torch.optim.Optimizer:
+    param_groups = [dict(params=p, lr=config.lr * (config.head_lr_scale if name == "head" else 1),
+                         name=name) for name, p in groups.items() if p]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(param_groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def new_run_id(config: TrainConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")[:-3]
+    return f"{config.method}-{config.benchmark}-t{config.tasks}-s{config.seed}-{stamp}"
+
+
+class _Status:
+    """Throttled, atomic writes of status.json for live progress."""
+
+    def __init__(self, run: RunFolder, total_steps: int, every: float = 1.0) -> None:
+        self.run, self.total, self.every = run, total_steps, every
+        self.last = 0.0
+        self.start = time.time()
+        self.steps_here = 0
+
+    def write(self, state: str, force: bool = False, **fields) -> None:
+        now = time.time()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        done = fields.get("global_step", 0)
+        rate = (now - self.start) / max(self.steps_here, 1)
+        eta = rate * max(self.total - done, 0) if self.steps_here else None
+        atomic_write_json(self.run.status_path, dict(state=state, updated=now, pid=_pid(),
+                                                     total_steps=self.total, eta_seconds=eta,
+                                                     **fields))
+
+
+def _pid() -> int:
+    import os
+    return os.getpid()
+
+
+def train(config: TrainConfig | None = None, out: Path | str | None = None,
+          resume: Path | str | None = None, progress: bool = True,
+          benchmark: Benchmark | None = None,
+          on_task_end: Callable[[int, dict], None] | None = None) -> RunFolder:
+    """Train a run task by task; returns its folder.
+
+    Args:
+        config: the run's configuration (ignored with `resume`, which reads the run's own).
+        out: the run folder (default: ``cache/runs/<new id>``).
+        resume: an existing run folder to continue.
+        progress: show tqdm bars.
+        benchmark: an already loaded benchmark (tests); default: load `config.benchmark`.
+        on_task_end: called with (task, metrics) after each task.
+    """
+    if resume is not None:
+        run = RunFolder(resume)
+        if not run.exists():
+            raise RunError(f"cannot resume {run.path}: {run.config_path} is missing")
+        config = TrainConfig.from_dict(run.config())
+    else:
+        config = config or TrainConfig()
+        run = RunFolder(out if out is not None else default_runs_root() / new_run_id(config))
+        if run.exists() and run.completed_tasks() > 0:
+            raise RunError(f"{run.path} already holds a run; pass --resume {run.path} to "
+                           f"continue it or choose another --out")
+        atomic_write_json(run.config_path, config.to_dict())
+    device = resolve_device(config.device)
+    benchmark = benchmark or load_benchmark(config.benchmark)
+    split = make_task_split(benchmark.num_classes, config.tasks, config.seed)
+    model = build_model(config, device)
+    done = run.completed_tasks()
+    metrics = run.metrics(required=False) if done else None
+    matrix = metrics["accuracy_matrix"][:done] if metrics else []
+    task_info = metrics.get("task_info", [])[:done] if metrics else []
+    if done:
+        log.info("resuming %s after task %d of %d", run.id, done, config.tasks)
+        model = load_model(run, done - 1, device)
+    counts = [len(split.task_data(benchmark.test, t)) for t in range(config.tasks)]
+    train_sizes = [len(split.task_data(benchmark.train, t)) for t in range(config.tasks)]
+    steps_per_task = [config.epochs * math.ceil(n / config.batch_size) for n in train_sizes]
+    global_step = sum(steps_per_task[:done])
+    status = _Status(run, sum(steps_per_task))
+    status.write("running", force=True, task=done, tasks=config.tasks, global_step=global_step)
+    try:
+        for task in range(done, config.tasks):
+            generator = task_generator(config.seed, task)
+            record = _train_task(model, config, split, benchmark, task, generator, run, status,
+                                 global_step, device, progress)
+            global_step += steps_per_task[task]
+            row = evaluate(model, split, benchmark.test, task, device, config.eval_batch_size)
+            matrix.append(row)
+            task_info.append(record)
+            run.save_checkpoint(task, _checkpoint_tensors(model), dict(
+                config=config.to_dict(), layout=model.adapter.layout() if model.adapter else [],
+                task=task, classes_per_task=split.classes_per_task,
+                class_order=list(split.class_order)))
+            metrics = _metrics(config, benchmark, split, matrix, counts, task_info)
+            atomic_write_json(run.metrics_path, metrics)
+            log.info("task %d/%d: R row %s, seen accuracy %.2f", task + 1, config.tasks,
+                     ["%.1f" % v for v in row], metrics["seen_accuracy"][-1])
+            if on_task_end is not None:
+                on_task_end(task, metrics)
+    except BaseException as err:
+        status.write("cancelled" if isinstance(err, KeyboardInterrupt) else "failed",
+                     force=True, error=repr(err), task=len(matrix), tasks=config.tasks,
+                     global_step=global_step)
+        raise
+    status.write("finished", force=True, task=config.tasks, tasks=config.tasks,
+                 global_step=global_step)
+    return run
+
+
+def _metrics(config, benchmark, split, matrix, counts, task_info) -> dict:
+    summary = summarise(matrix, counts)
+    return dict(method=config.method, benchmark=config.benchmark, seed=config.seed,
+                backbone=config.backbone, tasks=config.tasks, tasks_done=len(matrix),
+                accuracy_matrix=matrix, test_counts=counts[: len(matrix)],
+                class_order=list(split.class_order), class_names=benchmark.class_names,
+                task_info=task_info, **summary)
+
+
+def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benchmark: Benchmark,
+                task: int, generator: torch.Generator, run: RunFolder, status: _Status,
+                global_step: int, device: torch.device, progress: bool) -> dict:
+    """Train one task; writes its step log; returns what end_task reported."""
+    classes = split.task_classes(task)
+    model.begin_task(task, len(classes), generator)
+    optimizer = _optimizer(model.trainable_parameters(), config)
+    data = split.task_data(benchmark.train, task)
+    images, labels = data.images.to(device), (data.labels - classes.start).to(device)
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    total = config.epochs * steps_per_epoch
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+                 if config.schedule == "cosine" else None)
+    log_path = run.steps_path(task)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=total, desc=f"task {task + 1}/{config.tasks}", disable=not progress,
+               leave=False)
+    step = 0
+    with open(log_path, "w") as steps_log:
+        for epoch in range(config.epochs):
+            model.train()
+            order = torch.randperm(len(data), generator=generator).to(device)
+            for i in range(0, len(order), config.batch_size):
+                start = time.perf_counter()
+                idx = order[i:i + config.batch_size]
+                logits = model(images[idx])[:, classes.start:classes.stop]  # current task only
+                loss = F.cross_entropy(logits, labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                seconds = time.perf_counter() - start
+                record = dict(task=task, epoch=epoch, step=step, global_step=global_step + step,
+                              loss=round(loss.item(), 6), lr=optimizer.param_groups[0]["lr"],
+                              seconds=round(seconds, 5))
+                if model.adapter is not None and model.adapter.use_magnitudes:
+                    record["magnitudes"] = model.adapter.magnitudes()
+                if (config.residual_every and model.adapter is not None and model.adapter.current
+                        is not None and model.adapter.frozen_components
+                        and step % config.residual_every == 0):
+                    record["residual"] = model.adapter.residual_of_current()
+                steps_log.write(json.dumps(record) + "\n")
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                status.steps_here += 1
+                status.write("running", task=task, tasks=config.tasks, epoch=epoch,
+                             epochs=config.epochs, step=step, steps=total,
+                             global_step=global_step + step, loss=loss.item(),
+                             magnitudes=record.get("magnitudes", {}))
+        bar.close()
+        info = model.end_task()
+        if model.adapter is not None and model.adapter.use_magnitudes:
+            info["magnitudes_after"] = model.adapter.magnitudes()
+        info["components"] = len(model.adapter.components) if model.adapter else 0
+        steps_log.flush()
+    return info

@@ -1,0 +1,35 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from sdlora.data import ArrayDataset, Benchmark  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test writes runs under its own temporary cache, never the repo's."""
+    monkeypatch.setenv("SDLORA_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+
+
+def small_benchmark(per_class_train: int = 12, per_class_test: int = 6, classes: int = 4,
+                    seed: int = 0) -> Benchmark:
+    """A few real scikit-learn digits per class, so a run takes seconds."""
+    from sdlora.data import load_benchmark
+
+    full = load_benchmark("digits")
+
+    def take(data: ArrayDataset, n: int) -> ArrayDataset:
+        idx = torch.cat([torch.nonzero(data.labels == c).flatten()[:n] for c in range(classes)])
+        return ArrayDataset(data.images[idx], data.labels[idx])
+
+    return Benchmark("digits", take(full.train, per_class_train), take(full.test, per_class_test),
+                     full.class_names[:classes])
+
+
+@pytest.fixture
+def tiny_benchmark() -> Benchmark:
+    return small_benchmark()

@@ -1,0 +1,181 @@
+"""The class-incremental engine: runs, metrics, run folders, resume and the CLI."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdlora.backbone import EMBEDDED_WEIGHTS, create_backbone
+from sdlora.config import ConfigError, TrainConfig
+from sdlora.data import make_task_split
+from sdlora.metrics import summarise
+from sdlora.runs import RunError, RunFolder
+from sdlora.train import load_model, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(benchmark="digits", tasks=2, epochs=2, batch_size=16, residual_every=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_two_task_run_in_seconds(tmp_path, tiny_benchmark):
+    run = train(_cfg(), out=tmp_path / "run", progress=False, benchmark=tiny_benchmark)
+    m = run.metrics()
+    R = m["accuracy_matrix"]
+    assert [len(r) for r in R] == [1, 2]
+    assert all(0.0 <= v <= 100.0 and math.isfinite(v) for row in R for v in row)
+    assert R[0][0] > 50.0  # 2 digits, pretrained features: far above chance (50%)
+    for key in ("acc", "aaa", "forgetting", "method", "benchmark", "seed"):
+        assert key in m
+    # One step record per optimiser step, each with one magnitude per component so far.
+    steps = run.steps()
+    per_task = math.ceil(24 / 16) * 2  # 12 images a class, 2 classes a task, 2 epochs
+    assert len(steps) == 2 * per_task
+    assert [len(s["magnitudes"]) for s in steps] == [1] * per_task + [2] * per_task
+    assert any("residual" in s for s in steps[per_task:])
+    assert run.status()["state"] == "finished"
+    # Checkpoints rebuild the model at the end of every task, with the recorded accuracies.
+    from sdlora.train import evaluate
+    split = make_task_split(4, 2, 0)
+    for t in range(2):
+        model = load_model(run, t)
+        row = evaluate(model, split, tiny_benchmark.test, t, torch.device("cpu"))
+        assert row == pytest.approx(R[t])
+
+
+def test_metrics_definitions():
+    R = [[90.0], [60.0, 80.0], [50.0, 70.0, 100.0]]
+    counts = [10, 30, 10]
+    m = summarise(R, counts)
+    assert m["seen_accuracy"] == pytest.approx([90.0, 75.0, (500 + 2100 + 1000) / 50])
+    assert m["acc"] == pytest.approx(72.0)
+    assert m["aaa"] == pytest.approx((90 + 75 + 72) / 3)
+    assert m["forgetting"] == pytest.approx(((90 - 50) + (80 - 70)) / 2)
+    assert m["bwt"] == pytest.approx(((50 - 90) + (70 - 80)) / 2)
+
+
+def test_same_seed_same_numbers(tmp_path, tiny_benchmark):
+    a = train(_cfg(), out=tmp_path / "a", progress=False, benchmark=tiny_benchmark).metrics()
+    b = train(_cfg(), out=tmp_path / "b", progress=False, benchmark=tiny_benchmark).metrics()
+    c = train(_cfg(seed=1), out=tmp_path / "c", progress=False,
+              benchmark=tiny_benchmark).metrics()
+    assert a["accuracy_matrix"] == b["accuracy_matrix"]
+    assert a["class_order"] != c["class_order"] or a["accuracy_matrix"] != c["accuracy_matrix"]
+
+
+def test_resume_after_a_kill_gives_the_same_numbers(tmp_path, tiny_benchmark):
+    cfg = _cfg(tasks=2, method="sd-lora-kd")
+    full = train(cfg, out=tmp_path / "full", progress=False, benchmark=tiny_benchmark)
+
+    class Killed(Exception):
+        pass
+
+    def kill(task, metrics):
+        raise Killed  # dies right after task 1's checkpoint, as a power cut would
+
+    with pytest.raises(Killed):
+        train(cfg, out=tmp_path / "cut", progress=False, benchmark=tiny_benchmark,
+              on_task_end=kill)
+    cut = RunFolder(tmp_path / "cut")
+    assert cut.completed_tasks() == 1
+    # A half-written step log of the interrupted task 2, as a kill mid-task leaves it.
+    cut.steps_path(1).write_text('{"task": 1, "step": 0}\n{"task": 1, "st')
+    trained = []
+    train(resume=tmp_path / "cut", progress=False, benchmark=tiny_benchmark,
+          on_task_end=lambda t, m: trained.append(t))
+    assert trained == [1]  # the finished task is not trained again
+    assert cut.metrics()["accuracy_matrix"] == full.metrics()["accuracy_matrix"]
+    assert [s["loss"] for s in cut.steps()] == [s["loss"] for s in full.steps()]
+
+
+def test_existing_run_is_not_overwritten(tmp_path, tiny_benchmark):
+    train(_cfg(tasks=1), out=tmp_path / "r", progress=False, benchmark=tiny_benchmark)
+    with pytest.raises(RunError, match="--resume"):
+        train(_cfg(tasks=1), out=tmp_path / "r", progress=False, benchmark=tiny_benchmark)
+
+
+@pytest.mark.parametrize("kw, bad", [
+    (dict(method="dora"), "method='dora'"),
+    (dict(rank=0), "rank=0"),
+    (dict(lr=-1.0), "lr=-1.0"),
+    (dict(epochs=0), "epochs=0"),
+    (dict(optimizer="lion"), "optimizer='lion'"),
+    (dict(variant="released", method="lora"), "variant='released'"),
+])
+def test_config_rejects_bad_values(kw, bad):
+    with pytest.raises(ConfigError, match=bad.replace("(", r"\(")):
+        TrainConfig(**kw)
+
+
+def test_task_count_must_divide_classes():
+    with pytest.raises(ValueError, match=r"tasks=3 .* valid task counts: \[1, 2, 4, 5, 10, 20\]"):
+        make_task_split(20, 3, 0)
+
+
+def _cli(*args, env_extra=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "sdlora", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "nope"], "method='nope' is not valid; choose one of: sd-lora"),
+    (["--rank", "0"], "rank=0"),
+    (["--lr", "0"], "lr=0.0"),
+    (["--epochs", "-2"], "epochs=-2"),
+    (["--tasks", "3"], "tasks=3 does not divide the 20 classes"),
+    (["--benchmark", "imagenet-x"], "benchmark='imagenet-x'"),
+    (["--weights", "/nonexistent/w.safetensors"], "/nonexistent/w.safetensors"),
+])
+def test_cli_rejects_bad_input_before_training(tmp_path, args, message):
+    out = tmp_path / "run"
+    result = _cli("train", "--out", str(out), *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (out / "metrics.json").exists()
+
+
+def test_cli_train_runs_show(tmp_path):
+    out = tmp_path / "cli-run"
+    result = _cli("train", "--benchmark", "digits", "--tasks", "5", "--epochs", "1",
+                  "--method", "lora", "--out", str(out), "--quiet",
+                  env_extra=dict(SDLORA_CACHE=str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    assert "Acc" in result.stdout and "AAA" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["accuracy_matrix"]) == 5 and metrics["method"] == "lora"
+    shown = _cli("show", str(out))
+    assert shown.returncode == 0 and f"Acc {metrics['acc']:.2f}" in shown.stdout
+    assert "lora" in _cli("runs", "--root", str(tmp_path)).stdout
+
+
+def test_corrupt_run_folder_names_the_file(tmp_path, tiny_benchmark):
+    run = train(_cfg(tasks=1), out=tmp_path / "r", progress=False, benchmark=tiny_benchmark)
+    run.metrics_path.write_text("{not json")
+    with pytest.raises(RunError, match="metrics.json is corrupt"):
+        run.metrics()
+    run.checkpoint_path(0).write_bytes(b"garbage")
+    with pytest.raises(RunError, match="task_000.safetensors is corrupt"):
+        run.checkpoint(0)
+    result = _cli("show", str(run.path))
+    assert result.returncode == 2 and "metrics.json is corrupt" in result.stderr
+
+
+def test_local_weights_load_through_timm(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, spec = create_backbone("embedded-vit")
+    from safetensors.torch import load_file
+    saved = load_file(str(EMBEDDED_WEIGHTS))
+    torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"],
+                               saved["blocks.0.attn.qkv.weight"])
+    assert model.pretrained_cfg["file"] == str(EMBEDDED_WEIGHTS)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        create_backbone("embedded-vit", weights=Path("/tmp/missing.safetensors"))
