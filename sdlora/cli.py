@@ -38,6 +38,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--out", default=None, help="the run folder (exactly this path)")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue an interrupted run (a run folder or id); other flags ignored")
+    p.add_argument("--config", default=None, metavar="JSON",
+                   help="a TrainConfig as JSON (as in a run's config.json); other flags ignored")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -54,11 +56,23 @@ def _resolve_run(name: str) -> Path:
                       f"{default_runs_root()}); `python -m sdlora runs` lists them")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _cmd_train(args) -> int:
+    import signal
+
     from .train import train
+
+    signal.signal(signal.SIGTERM, _interrupt)  # a cancelled job records 'cancelled' and stops
 
     if args.resume:
         run = train(resume=_resolve_run(args.resume), progress=not args.quiet)
+    elif args.config:
+        config = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+        _check_before_training(config)
+        run = train(config, out=args.out, progress=not args.quiet)
     else:
         config = TrainConfig(benchmark=args.benchmark, backbone=args.backbone,
                              weights=args.weights, method=args.method, variant=args.variant,
@@ -153,6 +167,13 @@ def _cmd_pretrain(args) -> int:
     return 0
 
 
+def _cmd_worker(args) -> int:
+    from .jobs import worker_loop
+
+    worker_loop(idle_exit=args.idle_exit)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdlora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("show", help="print one run's results")
     p.add_argument("run")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("worker", help="run the queue of training jobs (the app starts it)")
+    p.add_argument("--idle-exit", type=float, default=30.0)
     p = sub.add_parser("pretrain", help="pretrain the embedded foundation model")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -172,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    commands = dict(train=_cmd_train, runs=_cmd_runs, show=_cmd_show, pretrain=_cmd_pretrain)
+    commands = dict(train=_cmd_train, runs=_cmd_runs, show=_cmd_show, pretrain=_cmd_pretrain,
+                    worker=_cmd_worker)
     handler = commands.get(args.command) or args.handler
     try:
         return handler(args)

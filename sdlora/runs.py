@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-__all__ = ["RunError", "RunFolder", "default_runs_root", "list_runs", "atomic_write_json",
+__all__ = ["RunError", "RunFolder", "default_runs_root", "demo_runs_root", "list_runs", "atomic_write_json",
            "atomic_write_text"]
 
 
@@ -173,10 +173,18 @@ class RunFolder:
                     acc=metrics.get("acc"), aaa=metrics.get("aaa"))
 
 
+def demo_runs_root() -> Path:
+    """The shipped demo runs (made by scripts/make_demo_runs.py), beside the runs folder."""
+    return default_runs_root().parent / "demo"
+
+
 def list_runs(root: Path | None = None) -> list[RunFolder]:
-    """Run folders under `root` (default `default_runs_root()`), newest first."""
-    root = Path(root) if root is not None else default_runs_root()
-    if not root.exists():
-        return []
-    runs = [RunFolder(p) for p in root.iterdir() if (p / "config.json").exists()]
-    return sorted(runs, key=lambda r: r.config_path.stat().st_mtime, reverse=True)
+    """Run folders under `root` (default: your runs, newest first, then the demo runs)."""
+    roots = [Path(root)] if root is not None else [default_runs_root(), demo_runs_root()]
+    found = []
+    for folder in roots:
+        if not folder.exists():
+            continue
+        runs = [RunFolder(p) for p in folder.iterdir() if (p / "config.json").exists()]
+        found += sorted(runs, key=lambda r: r.config_path.stat().st_mtime, reverse=True)
+    return found

@@ -1,0 +1,21 @@
+"""SD-LoRA Lab: `streamlit run app.py`. Routes to one page per file in pages/."""
+import streamlit as st
+
+import ui
+
+st.set_page_config(page_title="SD-LoRA Lab", page_icon=":material/science:", layout="wide")
+
+PAGES = [
+    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/train.py", title="Train", icon=":material/play_arrow:"),
+    st.Page("pages/accuracy.py", title="Accuracy", icon=":material/grid_on:"),
+    st.Page("pages/magnitudes.py", title="Magnitudes", icon=":material/show_chart:"),
+    st.Page("pages/directions.py", title="Directions", icon=":material/explore:"),
+    st.Page("pages/interpolation.py", title="Interpolation", icon=":material/linear_scale:"),
+    st.Page("pages/theory.py", title="Theory", icon=":material/functions:"),
+    st.Page("pages/efficiency.py", title="Efficiency", icon=":material/speed:"),
+]
+
+page = st.navigation(PAGES)
+ui.sidebar()
+page.run()

@@ -1,0 +1,69 @@
+"""Accuracy: the accuracy matrix, accuracy over tasks, forgetting; several runs overlaid."""
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import ui
+from sdlora.analysis import accuracy_table, figures
+from sdlora.runs import RunFolder
+
+st.title("Accuracy")
+st.markdown(
+    "Row *i* of the accuracy matrix is the model after task *i*; column *j* is task *j*'s test "
+    "data, with the prediction made over every class seen so far. Values that fade down a "
+    "column are **forgetting** (stability lost); a weak diagonal is missing **plasticity**. "
+    "`frozen` is the stability end of the trade-off and `full-ft` the plasticity end. "
+    + ui.paper_link("Tables 2-4 and Fig. 2b/c") + ".")
+
+
+def body() -> None:
+    paths = ui.runs_with_results()
+    if not paths:
+        ui.no_runs_message()
+        return
+    run = ui.selected_run()
+    m = run.metrics()
+    cols = st.columns(4)
+    cols[0].metric("Acc (after the last task)", f"{m['acc']:.1f}%")
+    cols[1].metric("AAA", f"{m['aaa']:.1f}%")
+    cols[2].metric("Forgetting", f"{m['forgetting']:.1f} pts")
+    cols[3].metric("Tasks finished", f"{m['tasks_done']} / {m['tasks']}")
+    if m["tasks_done"] < m["tasks"]:
+        st.info("This run is not finished: the matrix shows the tasks done so far.")
+    left, right = st.columns(2)
+    with left:
+        R = m["accuracy_matrix"]
+        ui.show(figures.accuracy_heatmap(R, f"Accuracy matrix: {run.id}"),
+                pd.DataFrame(R, index=[f"after T{i + 1}" for i in range(len(R))]).reset_index(),
+                "accuracy_matrix")
+    with right:
+        ui.show(figures.forgetting_curves(R, "Each task's accuracy as later tasks arrive"),
+                None, "per_task_accuracy")
+
+    st.subheader("Compare runs")
+    default = [p for p in paths if RunFolder(p).metrics(required=False)][:4]
+    chosen = st.multiselect("Runs to overlay", paths, default=default, format_func=ui.label,
+                            key=ui.COMPARE_RUNS)
+    if not chosen:
+        st.caption("Choose runs to overlay.")
+        return
+    runs = [RunFolder(p) for p in chosen]
+    curves = [dict(label=r.id, method=r.metrics()["method"], metrics=r.metrics()) for r in runs]
+    table = accuracy_table(runs)
+    ui.show(figures.accuracy_curves(curves), table, "accuracy_curves")
+    finished = [r for r in runs if r.metrics()["tasks_done"] == r.metrics()["tasks"]]
+    by_method: dict[str, list] = {}
+    for r in finished:
+        by_method.setdefault(r.metrics()["method"], []).append(r.metrics()["seen_accuracy"])
+    same_length = {k: v for k, v in by_method.items() if len({len(x) for x in v}) == 1}
+    if any(len(v) > 1 for v in same_length.values()):
+        st.markdown("**Mean ± standard error over seeds** (finished runs of the same method)")
+        fig = figures.mean_curve_figure({k: np.array(v) for k, v in same_length.items()},
+                                        "Accuracy on all seen classes, mean ± s.e. over seeds")
+        ui.show(fig, None, "accuracy_mean")
+    summary = table.groupby("method").agg(runs=("run", "nunique"), acc=("acc", "mean"),
+                                          aaa=("aaa", "mean")).reset_index()
+    st.dataframe(summary, hide_index=True)
+
+
+ui.guarded(body)

@@ -1,0 +1,55 @@
+"""Interpolation: accuracy along the straight line between two task checkpoints."""
+import pandas as pd
+import streamlit as st
+
+import ui
+from sdlora.analysis import cached, figures, interpolate
+from sdlora.runs import RunFolder
+
+st.title("Interpolation")
+st.markdown(
+    "Walk the straight line in weight space from the model after task *t−1* (λ = 0) to the "
+    "model after task *t* (λ = 1) and measure both the earlier tasks and the new one. With "
+    "vanilla LoRA the new task gains **at the expense** of the old ones (forgetting); the "
+    "paper finds SD-LoRA's path keeps the old tasks while the new one improves: it moves into "
+    "a region that is good for both. " + ui.paper_link("Fig. 4b/c") + ". New-task classes "
+    "enter the prediction with weight λ (their logits get + log λ), so both ends reproduce the "
+    "checkpoints' accuracies exactly.")
+
+
+def body() -> None:
+    paths = [p for p in ui.runs_with_results() if RunFolder(p).completed_tasks() >= 2]
+    if not paths:
+        st.info("Interpolation needs a run with at least two finished tasks. " 
+                "Queue *vanilla LoRA vs SD-LoRA* on the **Train** page.")
+        return
+    methods = {p: RunFolder(p).config()["method"] for p in paths}
+    default = ([next(p for p in paths if methods[p] == "lora")] if "lora" in methods.values() else []) + \
+              ([next(p for p in paths if methods[p] == "sd-lora")] if "sd-lora" in methods.values() else [])
+    chosen = st.multiselect("Runs (side by side)", paths, default=default or paths[:1],
+                            format_func=lambda p: f"{ui.label(p)}")
+    if not chosen:
+        st.caption("Choose at least one run.")
+        return
+    most = min(RunFolder(p).completed_tasks() for p in chosen)
+    c1, c2 = st.columns(2)
+    task = c1.slider("Task boundary t (from t−1 to t)", 2, most, 2) if most > 2 else 2
+    points = c2.slider("Points on the line", 3, 21, 11, step=2)
+    panels = {}
+    for p in chosen:
+        run = RunFolder(p)
+        name = f"interpolation_task{task}_{points}"
+        if not (run.analyses_dir / f"{name}.json").exists():
+            bar = st.progress(0.0, text=f"{run.id}: evaluating {points} models on the line")
+            records = cached(run, name, lambda: interpolate(run, task, points,
+                                                            progress=bar.progress).to_dict("records"))
+            bar.empty()
+        else:
+            records = cached(run, name, lambda: None)
+        panels[f"{methods[p]}: {run.id}"] = pd.DataFrame(records)
+    fig = figures.interpolation_figure(panels, task)
+    frame = pd.concat([f.assign(run=k) for k, f in panels.items()])
+    ui.show(fig, frame, f"interpolation_task{task}")
+
+
+ui.guarded(body)

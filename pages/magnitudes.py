@@ -1,0 +1,34 @@
+"""Magnitudes: alpha_k over the whole run, task boundaries marked."""
+import streamlit as st
+
+import ui
+from sdlora.analysis import figures, magnitude_series, magnitudes_at_task_end
+
+st.title("Magnitudes")
+st.markdown(
+    "One line per task's component: its magnitude α at every optimiser step; dashed lines "
+    "mark where a new task starts. In the paper the magnitudes of the **first** tasks grow "
+    "while later ones stay small: later tasks mostly **reuse and rescale** early directions "
+    "rather than adding new ones, which is how SD-LoRA stays stable and still learns. "
+    + ui.paper_link("Fig. 3b/c and Fig. 6") + ".")
+
+
+def body() -> None:
+    run = ui.selected_run()
+    if run is None:
+        ui.no_runs_message()
+        return
+    series = magnitude_series(run)
+    if series.empty:
+        st.info(f"Run {run.id} uses `{run.config()['method']}`, which has no magnitudes. Pick "
+                "an SD-LoRA run (sd-lora, -rr, -kd or an ablation) in the sidebar.")
+        return
+    ui.show(figures.magnitude_figure(series, f"Learned magnitudes: {run.id}"), series,
+            "magnitudes")
+    st.subheader("Magnitudes at the end of each task")
+    table = magnitudes_at_task_end(run)
+    st.dataframe(table.style.format("{:.3f}", na_rep=""), use_container_width=True)
+    st.download_button("Table (CSV)", table.to_csv(), file_name="magnitudes_task_end.csv")
+
+
+ui.guarded(body)

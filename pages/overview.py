@@ -1,0 +1,45 @@
+"""Overview: what SD-LoRA is, the runs available, where to start."""
+import streamlit as st
+
+import ui
+from sdlora.analysis import figures, toy_landscape
+
+st.title("SD-LoRA Lab")
+st.markdown(
+    "A foundation model learns classes task after task and must not forget the earlier ones: "
+    "the **stability-plasticity trade-off**. *SD-LoRA* (Wu et al., ICLR 2025) adapts the query "
+    "and value projections of a ViT with one new low-rank **direction** per task, normalised to "
+    "unit norm, and learns one **magnitude** per task that every projection shares. Earlier "
+    "directions stay fixed while all magnitudes keep learning, so later tasks mostly rescale "
+    "what earlier tasks found. Vanilla LoRA keeps training one update and forgets.")
+st.latex(r"W = W_0 + \sum_{k=1}^{t} \alpha_k \,\frac{A_k B_k}{\lVert A_k B_k \rVert_F}"
+         r"\qquad\text{(Eqn. 4; on task } t\text{, train } \alpha_1..\alpha_t, A_t, B_t)")
+
+
+@st.cache_data(show_spinner=False)
+def picture():
+    return toy_landscape()
+
+
+left, right = st.columns([3, 2])
+with left:
+    st.plotly_chart(figures.landscape_figure(picture()), use_container_width=True)
+with right:
+    st.markdown(
+        "**The picture** (a toy, computed live): two tasks whose low-loss valleys cross. Both "
+        "methods are trained on task 1, then on task 2 only. " + ui.paper_link("Fig. 4a") +
+        " draws this idea; the **Theory** page lets you move the valleys.\n\n"
+        "**Where to start**\n"
+        "1. **Train**: launch *vanilla LoRA vs SD-LoRA* on the embedded benchmark (minutes on a "
+        "CPU).\n"
+        "2. **Accuracy**: forgetting, task by task.\n"
+        "3. **Magnitudes** and **Directions**: what SD-LoRA learned.\n"
+        "4. **Interpolation**: the path between two checkpoints.\n"
+        "5. **Efficiency**: what it costs.")
+
+st.subheader("Runs")
+table = ui.run_table()
+if table.empty:
+    ui.no_runs_message()
+else:
+    st.dataframe(table.drop(columns=["path"]), hide_index=True, use_container_width=True)

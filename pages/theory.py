@@ -1,0 +1,53 @@
+"""Theory: Theorem 1's playground and the toy landscape, live under sliders."""
+import streamlit as st
+
+import ui
+from sdlora.analysis import figures, matrix_factorisation_dynamics, toy_landscape
+
+st.title("Theory")
+st.markdown(
+    "**Theorem 1**: gradient descent on A B ≈ ΔW* from a small random start learns ΔW*'s "
+    "principal components **one after another, largest first**. Read the curves: each "
+    "singular value of A B rises to its dotted target in turn. This is why SD-LoRA's early "
+    "directions capture what matters most and later ones are refinements. "
+    + ui.paper_link("Theorem 1, Section 3.4 and Appendix A.1") + ".")
+
+c1, c2, c3 = st.columns(3)
+m = c1.slider("m (rows)", 5, 60, 30)
+n = c1.slider("n (columns)", 5, 60, 30)
+r = c2.slider("rank r of A B", 1, 8, 4)
+top = c2.slider("sigma_1 of the target", 1.0, 8.0, 4.0)
+ratio = c3.slider("ratio between consecutive singular values", 0.2, 0.9, 0.5)
+rho = c3.select_slider("initial scale rho", [1e-6, 1e-4, 1e-3, 1e-2, 1e-1], value=1e-3)
+eta = st.slider("learning rate eta", 0.005, 0.2, 0.05, format="%.3f")
+spectrum = tuple(top * ratio ** k for k in range(min(4, m, n)))
+try:
+    result = matrix_factorisation_dynamics(m, n, r, spectrum, rho, eta, iterations=1500)
+    ui.show(figures.theorem_figure(result), None, "theorem1")
+    order = ", ".join(f"sigma_{j + 1} at iteration {it}" if it is not None
+                      else f"sigma_{j + 1} not yet" for j, it in enumerate(result["learned_at"]))
+    st.caption(f"Reached within 10% of the target: {order}.")
+except ValueError as err:
+    st.error(str(err))
+
+st.divider()
+st.subheader("A toy loss landscape")
+st.markdown(
+    "Two tasks on a model with two weights, so the whole landscape fits on the screen. Each "
+    "task's loss is a long valley; where the valleys cross is good for both. Both methods "
+    "train on task 1, then on task 2 only. Watch where each path ends: on task 2's valley "
+    "only, or where the valleys cross. " + ui.paper_link("Fig. 4a") + ".")
+c1, c2, c3 = st.columns(3)
+angle1 = c1.slider("Task 1 valley angle", 0, 180, 75)
+angle2 = c1.slider("Task 2 valley angle", 0, 180, 10)
+kappa = c2.select_slider("valley floor curvature", [0.001, 0.01, 0.02, 0.05, 0.2, 1.0], value=0.02)
+steps = c2.slider("Adam steps per task", 20, 600, 300, step=20)
+which = c3.radio("Landscape", ["sum", "task 1", "task 2"], horizontal=True)
+try:
+    land = toy_landscape(angle1=angle1, angle2=angle2, kappa=kappa, steps=steps)
+    ui.show(figures.landscape_figure(land, which), None, "landscape")
+    losses = land["final_losses"]
+    st.caption("Final losses (task 1, task 2): " + "; ".join(
+        f"{k}: {v[0]:.3f}, {v[1]:.3f}" for k, v in losses.items()))
+except ValueError as err:
+    st.error(str(err))

@@ -1,0 +1,35 @@
+"""The paper's analyses (section 3.3, Appendix A.2-A.3) as pure functions over run folders,
+arrays and state dicts, plus plotly figure builders (`sdlora.analysis.figures`).
+
+Each analysis of a run is computed once and kept in the run folder (``analyses/``), so reopening
+it is instant; `cached` does that.
+"""
+from .core import (
+    accuracy_table,
+    cached,
+    efficiency,
+    interpolate,
+    magnitude_series,
+    magnitudes_at_task_end,
+    relative_distances,
+    residual_series,
+    residuals_at_task_end,
+    task_specific_weights,
+)
+from .theory import matrix_factorisation_dynamics
+from .landscape import toy_landscape
+
+__all__ = [
+    "accuracy_table",
+    "cached",
+    "efficiency",
+    "interpolate",
+    "magnitude_series",
+    "magnitudes_at_task_end",
+    "matrix_factorisation_dynamics",
+    "relative_distances",
+    "residual_series",
+    "residuals_at_task_end",
+    "task_specific_weights",
+    "toy_landscape",
+]

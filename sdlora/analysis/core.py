@@ -1,0 +1,323 @@
+"""Analyses over run folders: magnitudes, residuals, distances, interpolation, efficiency.
+
+Definitions (written once, used by the app, the CLI and the tests):
+
+* Direction residual (Fig. 3a, Eqn. 7): `sdlora.adapters.least_squares_residual`, the
+  Frobenius norm of what the new normalised direction leaves outside the span of the earlier
+  ones, divided by the norm of the direction itself, with one coefficient per earlier task shared
+  by all adapted projections ("model" residual, the one SD-LoRA-KD compares with tau), or fitted
+  per projection ("per projection", block i q or v). 0 = inside the span, 1 = orthogonal.
+* Relative distance (Fig. 2a): for task-specific weights W_i* fine-tuned from W0 on task i
+  alone, rel(i, j) = ||W_i* - W_j*||_F / sqrt(||W_i* - W0||_F ||W_j* - W0||_F) over the backbone's
+  weight matrices. 1 means the two are as far from each other as from W0; the paper's Finding 1
+  is that every off-diagonal entry is well below 1.
+* Interpolation (Fig. 4b/c): models at lambda in [0, 1] on the straight line between the
+  merged weights after task t-1 (lambda = 0) and after task t (lambda = 1). Earlier tasks' head
+  rows are frozen, so they are the same at both ends. Task t's rows exist only at lambda = 1:
+  along the path their logits get + log(lambda), i.e. the new classes enter with prior weight
+  lambda. At lambda = 0 they are excluded (-inf) and the path reproduces checkpoint t-1's
+  accuracies exactly; at lambda = 1 checkpoint t's.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..adapters import least_squares_residual, normalise
+from ..config import TrainConfig
+from ..runs import RunError, RunFolder, atomic_write_json
+
+__all__ = [
+    "accuracy_table", "cached", "efficiency", "interpolate", "magnitude_series",
+    "magnitudes_at_task_end", "relative_distances", "residual_series", "residuals_at_task_end",
+    "task_specific_weights",
+]
+
+log = logging.getLogger(__name__)
+ANALYSIS_VERSION = 1
+
+
+def _run(run: RunFolder | str | Path) -> RunFolder:
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
+    if not run.exists():
+        raise RunError(f"{run.config_path} is missing: {run.path} is not a run folder")
+    run.config()  # a corrupt config fails here, naming the file
+    return run
+
+
+def cached(run: RunFolder | str | Path, name: str, compute: Callable[[], object],
+           key: dict | None = None) -> object:
+    """`compute()` once per run (and `key`, e.g. the task and the number of points), kept as
+    ``analyses/<name>.json``; recomputed when the run has finished more tasks since."""
+    run = _run(run)
+    metrics = run.metrics(required=False) or {}
+    stamp = dict(version=ANALYSIS_VERSION, tasks_done=metrics.get("tasks_done", 0), key=key or {})
+    path = run.analyses_dir / f"{name}.json"
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+            if stored.get("stamp") == stamp:
+                return stored["value"]
+        except (json.JSONDecodeError, KeyError):
+            log.warning("recomputing %s: the cached file is corrupt", path)
+    value = compute()
+    atomic_write_json(path, dict(stamp=stamp, value=value))
+    return value
+
+
+# -- accuracy ----------------------------------------------------------------------------------
+def accuracy_table(runs: list[RunFolder]) -> pd.DataFrame:
+    """One row per run and task: seen accuracy after that task, plus the run's Acc and AAA."""
+    rows = []
+    for run in runs:
+        m = run.metrics(required=False)
+        if not m:
+            continue
+        for i, seen in enumerate(m["seen_accuracy"]):
+            rows.append(dict(run=run.id, method=m["method"], seed=m["seed"], task=i + 1,
+                             seen_accuracy=seen, acc=m["acc"], aaa=m["aaa"]))
+    return pd.DataFrame(rows, columns=["run", "method", "seed", "task", "seen_accuracy", "acc",
+                                       "aaa"])
+
+
+# -- magnitudes (Fig. 3b/c, Fig. 6) ------------------------------------------------------------
+def magnitude_series(run: RunFolder | str | Path) -> pd.DataFrame:
+    """alpha_k at every optimiser step: global_step, task (1-based, being trained), epoch,
+    component (1-based task that added it), alpha. Empty for methods without magnitudes."""
+    rows = [(s["global_step"], s["task"] + 1, s["epoch"], int(k), v)
+            for s in _run(run).steps() for k, v in s.get("magnitudes", {}).items()]
+    return pd.DataFrame(rows, columns=["global_step", "task", "epoch", "component", "alpha"])
+
+
+def magnitudes_at_task_end(run: RunFolder | str | Path) -> pd.DataFrame:
+    """Rows: after task i (1-based); columns: alpha of each component (NaN before it exists)."""
+    m = _run(run).metrics(required=False) or {}
+    rows = {i + 1: {int(k): v for k, v in info.get("magnitudes_after", {}).items()}
+            for i, info in enumerate(m.get("task_info", []))}
+    frame = pd.DataFrame.from_dict(rows, orient="index").sort_index(axis=1)
+    frame.index.name = "after task"
+    return frame
+
+
+# -- residuals (Fig. 3a, Eqn. 7) ---------------------------------------------------------------
+def residual_series(run: RunFolder | str | Path) -> pd.DataFrame:
+    """The current direction's model residual, as the engine recorded it during training."""
+    rows = [(s["global_step"], s["task"] + 1, s["epoch"], s["residual"])
+            for s in _run(run).steps() if "residual" in s]
+    return pd.DataFrame(rows, columns=["global_step", "task", "epoch", "residual"])
+
+
+def _directions(tensors: dict, layout: list[dict], normalisation: str) -> dict[int, torch.Tensor]:
+    """Normalised direction (P, m, n) of every component in a checkpoint, by 0-based task."""
+    out = {}
+    for c in layout:
+        A, B = tensors[f"adapter.A.{c['key']}"], tensors[f"adapter.B.{c['key']}"]
+        out[c["task"]] = normalise(A @ B, A, B, normalisation)
+    return out
+
+
+def residuals_at_task_end(run: RunFolder | str | Path) -> pd.DataFrame:
+    """Residual of task t's direction against tasks 1..t-1's at the end of task t (t >= 2):
+    the model residual and one per projection (columns 'block i q', 'block i v')."""
+    run = _run(run)
+    config = TrainConfig.from_dict(run.config())
+    if config.method in ("lora", "full-ft", "frozen", "single-decoupled", "fixed-first-direction"):
+        return pd.DataFrame()
+    normalisation = "factors" if config.variant == "released" else "product"
+    m = run.metrics(required=False) or {}
+    rows = []
+    for t in range(1, run.completed_tasks()):
+        info = m["task_info"][t]
+        if info.get("absorbed"):  # SD-LoRA-KD dropped it; its residual was recorded
+            rows.append({"after task": t + 1, "model": info["residual"], "absorbed": True})
+            continue
+        tensors, meta = run.checkpoint(t)
+        directions = _directions(tensors, meta["layout"], normalisation)
+        target = directions[t]
+        basis = torch.stack([d for k, d in sorted(directions.items()) if k < t])
+        row = {"after task": t + 1, "model": least_squares_residual(target, basis)[1],
+               "absorbed": False}
+        for p in range(target.shape[0]):
+            name = f"block {p // 2} {'qv'[p % 2]}"
+            row[name] = least_squares_residual(target[p:p + 1], basis[:, p:p + 1])[1]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# -- interpolation (Fig. 4b/c) -----------------------------------------------------------------
+def _merged_state(model) -> dict[str, torch.Tensor]:
+    state = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
+    if model.adapter is not None:
+        state.update({k: v.detach() for k, v in model.composed_weights().items()})
+    return state
+
+
+@torch.no_grad()
+def interpolate(run: RunFolder | str | Path, task: int, points: int = 11,
+                device: str = "cpu", progress: Callable[[float], None] | None = None,
+                benchmark=None) -> pd.DataFrame:
+    """Accuracy along the line from the model after task `task`-1 to after `task` (1-based
+    `task` >= 2; see the module docstring for the head). Columns: lambda, old (accuracy on
+    tasks 1..task-1's test data), new (task `task`'s), and 'task j' for each."""
+    from ..data import load_benchmark, make_task_split
+    from ..train import load_model
+
+    run = _run(run)
+    done = run.completed_tasks()
+    if not 2 <= task <= done:
+        raise ValueError(f"task={task} is not valid for run {run.id}: choose a finished task "
+                         f"from 2 to {done}" if done >= 2 else
+                         f"run {run.id} has {done} finished task(s); interpolation needs two")
+    if points < 2:
+        raise ValueError(f"points={points}; at least 2 (the two checkpoints)")
+    config = TrainConfig.from_dict(run.config())
+    benchmark = benchmark or load_benchmark(config.benchmark)
+    split = make_task_split(benchmark.num_classes, config.tasks, config.seed)
+    before, after = load_model(run, task - 2, device), load_model(run, task - 1, device)
+    start, end = _merged_state(before), _merged_state(after)
+    plain = after.backbone
+    head = after.head.as_linear().to(device)
+    k = split.classes_per_task
+    new = slice((task - 1) * k, task * k)
+    data = [split.task_data(benchmark.test, j) for j in range(task)]
+    rows = []
+    for i, lam in enumerate(np.linspace(0.0, 1.0, points)):
+        plain.load_state_dict({n: (1 - lam) * start[n] + lam * end[n] for n in start})
+        plain.eval()
+        row = {"lambda": float(lam)}
+        correct = []
+        for j, subset in enumerate(data):
+            hits = 0
+            for b in range(0, len(subset), 256):
+                x = subset.images[b:b + 256].to(device)
+                logits = head(plain((x - after.mean) / after.std))
+                logits[:, new] += math.log(lam) if lam > 0 else -math.inf
+                hits += (logits.argmax(1).cpu() == subset.labels[b:b + 256]).sum().item()
+            correct.append((hits, len(subset)))
+            row[f"task {j + 1}"] = 100.0 * hits / len(subset)
+        old_hits = sum(h for h, _ in correct[:-1])
+        row["old"] = 100.0 * old_hits / sum(n for _, n in correct[:-1])
+        row["new"] = row[f"task {task}"]
+        rows.append(row)
+        if progress is not None:
+            progress((i + 1) / points)
+    return pd.DataFrame(rows)
+
+
+# -- distances (Fig. 2a, Fig. 7) ---------------------------------------------------------------
+def task_specific_weights(config: TrainConfig, epochs: int | None = None, lr: float = 1e-4,
+                          device: str = "cpu", benchmark=None,
+                          progress: Callable[[float], None] | None = None,
+                          ) -> dict[str, list[np.ndarray]]:
+    """Fine-tune the whole backbone from W0 on each task alone (Adam, `lr`, the run's epochs
+    and batch size) and return, per task, W_i* - W0 of every weight matrix (flattened, as one
+    vector), plus the same restricted to the q and v slices that the adapters touch."""
+    from ..data import load_benchmark, make_task_split
+    from ..train import build_model, task_generator
+
+    benchmark = benchmark or load_benchmark(config.benchmark)
+    split = make_task_split(benchmark.num_classes, config.tasks, config.seed)
+    ft = TrainConfig.from_dict({**config.to_dict(), "method": "full-ft", "variant": "paper"})
+    epochs = epochs or config.epochs
+    out = {"all": [], "qv": []}
+    for task in range(config.tasks):
+        model = build_model(ft, device)
+        w0 = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if p.ndim == 2}
+        generator = task_generator(config.seed, task)
+        model.begin_task(0, split.classes_per_task, generator)
+        params = [p for group in model.trainable_parameters().values() for p in group]
+        optimizer = torch.optim.Adam(params, lr=lr)
+        data = split.task_data(benchmark.train, task)
+        labels = data.labels - task * split.classes_per_task
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(data), generator=generator)
+            for b in range(0, len(order), config.batch_size):
+                idx = order[b:b + config.batch_size]
+                loss = F.cross_entropy(model(data.images[idx].to(device)), labels[idx].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        delta = {n: (p.detach() - w0[n]) for n, p in model.backbone.named_parameters() if n in w0}
+        out["all"].append(torch.cat([d.flatten() for d in delta.values()]).cpu().numpy())
+        d = model.backbone.embed_dim
+        qv = [torch.cat([v[:d].flatten(), v[2 * d:].flatten()])
+              for n, v in delta.items() if n.endswith("attn.qkv.weight")]
+        out["qv"].append(torch.cat(qv).cpu().numpy())
+        if progress is not None:
+            progress((task + 1) / config.tasks)
+    return out
+
+
+def relative_distances(deltas: list[np.ndarray]) -> np.ndarray:
+    """rel(i, j) = ||D_i - D_j|| / sqrt(||D_i|| ||D_j||) for D_i = W_i* - W0 (module docstring);
+    the diagonal is 0."""
+    n = len(deltas)
+    norms = [float(np.linalg.norm(d)) for d in deltas]
+    out = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                out[i, j] = np.linalg.norm(deltas[i] - deltas[j]) / math.sqrt(norms[i] * norms[j])
+    return out
+
+
+# -- efficiency (Table 5) ----------------------------------------------------------------------
+def efficiency(run: RunFolder | str | Path) -> dict:
+    """Parameters learned per task and stored after each task, inference GFLOPs of the merged
+    model against the plain ViT, stored samples (none: rehearsal-free), and the median
+    training-step time of each task."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..backbone import create_backbone
+    from ..train import load_model
+
+    run = _run(run)
+    done = run.completed_tasks()
+    if done == 0:
+        raise RunError(f"{run.path}: no finished task yet, nothing to measure")
+    config = TrainConfig.from_dict(run.config())
+    per_task = []
+    for t in range(done):
+        tensors, meta = run.checkpoint(t)
+        layout = meta["layout"]
+        stored_adapter = sum(v.numel() for k, v in tensors.items() if k.startswith("adapter."))
+        stored_head = sum(v.numel() for k, v in tensors.items() if k.startswith("head."))
+        stored_backbone = sum(v.numel() for k, v in tensors.items() if k.startswith("backbone."))
+        current = [c for c in layout if c["task"] == t]
+        learnable = sum(tensors[f"adapter.{f}.{c['key']}"].numel() for c in current
+                        for f in ("A", "B"))
+        learnable += sum(1 for k in tensors if k.startswith("adapter.magnitude."))
+        per_task.append(dict(task=t + 1, components=len(layout), learnable=learnable,
+                             stored_adapter=stored_adapter, stored_head=stored_head,
+                             stored_backbone=stored_backbone))
+    if config.method == "full-ft":
+        for row in per_task:
+            row["learnable"] = row["stored_backbone"]
+    steps = pd.DataFrame(run.steps())
+    step_ms = (steps.groupby("task")["seconds"].median() * 1e3).round(2).tolist() if len(steps) else []
+    model = load_model(run, done - 1)
+    merged = model.merged().eval()
+    plain, _ = create_backbone(config.backbone, pretrained=False)
+    plain.reset_classifier(model.head.num_classes)
+    x = torch.rand(1, 3, *plain.patch_embed.img_size)
+
+    def gflops(net) -> float:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            net(x)
+        return counter.get_total_flops() / 1e9
+
+    return dict(method=config.method, per_task=per_task, step_ms_median=step_ms,
+                gflops_merged=gflops(merged), gflops_plain=gflops(plain),
+                gflops_unmerged=gflops(model.eval()), stored_samples=0,
+                backbone_params=sum(p.numel() for p in plain.parameters()))

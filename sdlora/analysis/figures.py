@@ -1,0 +1,237 @@
+"""Plotly figure builders for every analysis; usable outside the app.
+
+Colours are consistent across figures: one per method (`METHOD_COLOURS`), one per task
+(`task_colour`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+__all__ = [
+    "METHOD_COLOURS", "task_colour", "accuracy_heatmap", "accuracy_curves", "forgetting_curves",
+    "magnitude_figure", "residual_figure", "residual_bars", "distance_heatmap",
+    "interpolation_figure", "theorem_figure", "landscape_figure", "step_cost_figure",
+    "mean_curve_figure",
+]
+
+METHOD_COLOURS = {
+    "sd-lora": "#d62728", "sd-lora-rr": "#ff7f0e", "sd-lora-kd": "#8c564b",
+    "lora": "#1f77b4", "full-ft": "#7f7f7f", "frozen": "#2ca02c",
+    "fixed-first-direction": "#9467bd", "single-decoupled": "#e377c2", "no-rescale": "#17becf",
+}
+
+
+def task_colour(task: int) -> str:
+    """Colour of 1-based task `task`."""
+    palette = qualitative.Dark24
+    return palette[(task - 1) % len(palette)]
+
+
+def method_colour(method: str) -> str:
+    return METHOD_COLOURS.get(method, "#bcbd22")
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, **kw) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+                      margin=dict(t=80, l=60, r=20, b=50), **kw)
+    return fig
+
+
+def accuracy_heatmap(matrix: list[list[float]], title: str = "Accuracy matrix") -> go.Figure:
+    """R[i][j]: accuracy (%) on task j's test data after training task i."""
+    n = len(matrix)
+    z = np.full((n, n), np.nan)
+    for i, row in enumerate(matrix):
+        z[i, :len(row)] = row
+    labels = [f"T{j + 1}" for j in range(n)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=labels, y=[f"after T{i + 1}" for i in range(n)], zmin=0, zmax=100,
+        colorscale="Viridis", colorbar=dict(title="accuracy (%)"),
+        text=[[f"{v:.1f}" if not np.isnan(v) else "" for v in r] for r in z],
+        texttemplate="%{text}",
+        hovertemplate="after task %{y}<br>test data of %{x}<br>accuracy %{z:.1f}%<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, "test data of task", "model after task")
+
+
+def accuracy_curves(runs: list[dict]) -> go.Figure:
+    """Seen accuracy after each task, one line per run (dicts: label, method, metrics), with
+    the run's Acc (last point) and AAA (dotted level) marked."""
+    fig = go.Figure()
+    for r in runs:
+        m = r["metrics"]
+        seen = m["seen_accuracy"]
+        colour = method_colour(m["method"])
+        fig.add_trace(go.Scatter(
+            x=list(range(1, len(seen) + 1)), y=seen, mode="lines+markers", name=r["label"],
+            line=dict(color=colour),
+            hovertemplate="after task %{x}<br>accuracy on all seen classes %{y:.1f}%<extra>"
+                          + r["label"] + "</extra>"))
+        fig.add_trace(go.Scatter(
+            x=[1, len(seen)], y=[m["aaa"]] * 2, mode="lines", showlegend=False,
+            line=dict(color=colour, dash="dot"), name=f"{r['label']} AAA",
+            hovertemplate=f"AAA {m['aaa']:.1f}%<extra>{r['label']}</extra>"))
+    return _layout(fig, "Accuracy on all seen classes after each task (dotted: AAA; last "
+                        "point: Acc)", "after task", "accuracy (%)", yaxis_range=[0, 100])
+
+
+def forgetting_curves(matrix: list[list[float]], title: str = "Per-task accuracy") -> go.Figure:
+    """Accuracy on each task's test data as later tasks are learned (drops = forgetting)."""
+    fig = go.Figure()
+    for j in range(len(matrix)):
+        xs = list(range(j + 1, len(matrix) + 1))
+        ys = [matrix[i][j] for i in range(j, len(matrix))]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"task {j + 1}",
+                                 line=dict(color=task_colour(j + 1)),
+                                 hovertemplate="after task %{x}: %{y:.1f}%<extra>task "
+                                               f"{j + 1}</extra>"))
+    return _layout(fig, title, "after task", "accuracy on the task's test data (%)",
+                   yaxis_range=[0, 100])
+
+
+def mean_curve_figure(curves: dict[str, np.ndarray], title: str) -> go.Figure:
+    """Mean +- standard error over seeds of per-task curves: {method: array (seeds, tasks)}."""
+    fig = go.Figure()
+    for method, values in curves.items():
+        values = np.asarray(values, dtype=float)
+        mean = values.mean(0)
+        se = values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0 * mean
+        x = list(range(1, values.shape[1] + 1))
+        colour = method_colour(method)
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=list(mean + se) + list((mean - se)[::-1]),
+                                 fill="toself", line=dict(width=0), fillcolor=colour,
+                                 opacity=0.2, showlegend=False, hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=x, y=mean, mode="lines+markers", line=dict(color=colour),
+                                 name=f"{method} ({len(values)} seeds)",
+                                 hovertemplate="after task %{x}: %{y:.1f}%<extra>" + method
+                                               + "</extra>"))
+    return _layout(fig, title, "after task", "accuracy on all seen classes (%)")
+
+
+def magnitude_figure(series: pd.DataFrame, title: str = "Learned magnitudes") -> go.Figure:
+    """alpha_k against optimiser steps, one line per component, task boundaries dashed."""
+    fig = go.Figure()
+    for component, part in series.groupby("component"):
+        fig.add_trace(go.Scatter(
+            x=part["global_step"], y=part["alpha"], mode="lines",
+            name=f"alpha_{component}", line=dict(color=task_colour(component)),
+            hovertemplate="step %{x}<br>alpha %{y:.3f}<extra>alpha_" + str(component)
+                          + "</extra>"))
+    if len(series):
+        for _, first in series.groupby("task")["global_step"].min().items():
+            fig.add_vline(x=first, line=dict(color="#999", dash="dash", width=1))
+    return _layout(fig, title + " (dashed: task boundaries)", "optimiser step", "magnitude alpha")
+
+
+def residual_figure(series: pd.DataFrame) -> go.Figure:
+    """The current direction's residual against the earlier ones during training."""
+    fig = go.Figure()
+    for task, part in series.groupby("task"):
+        fig.add_trace(go.Scatter(x=part["global_step"], y=part["residual"], mode="lines+markers",
+                                 name=f"task {task}", line=dict(color=task_colour(task)),
+                                 marker=dict(size=4),
+                                 hovertemplate="step %{x}<br>residual %{y:.4f}<extra>task "
+                                               f"{task}</extra>"))
+    return _layout(fig, "Residual of the new direction against the earlier ones (Eqn. 7)",
+                   "optimiser step", "relative residual (0 = in their span, 1 = orthogonal)",
+                   yaxis_range=[0, 1.05])
+
+
+def residual_bars(table: pd.DataFrame) -> go.Figure:
+    """Per-projection residual at the end of each task (heatmap: task x projection)."""
+    columns = [c for c in table.columns if c.startswith("block ")]
+    fig = go.Figure(go.Heatmap(
+        z=table[columns].to_numpy(), x=columns, y=[f"task {t}" for t in table["after task"]],
+        zmin=0, zmax=1, colorscale="Magma", colorbar=dict(title="residual"),
+        hovertemplate="%{y}, %{x}<br>residual %{z:.4f}<extra></extra>"))
+    return _layout(fig, "Residual per adapted projection at the end of each task",
+                   "adapted projection", "direction of")
+
+
+def distance_heatmap(matrix: np.ndarray, title: str = "Relative distances") -> go.Figure:
+    n = len(matrix)
+    labels = [f"W{i + 1}*" for i in range(n)]
+    fig = go.Figure(go.Heatmap(
+        z=matrix, x=labels, y=labels, zmin=0, zmax=max(1.0, float(np.max(matrix))),
+        colorscale="Blues", colorbar=dict(title="relative distance"),
+        text=[[f"{v:.2f}" for v in row] for row in matrix], texttemplate="%{text}",
+        hovertemplate="%{y} vs %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title + " (< 1: closer to each other than to W0)", "task weights",
+                   "task weights")
+
+
+def interpolation_figure(panels: dict[str, pd.DataFrame], task: int) -> go.Figure:
+    """Accuracy of the old tasks and the new one along the path, one panel per run."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels), shared_yaxes=True)
+    for col, (label, frame) in enumerate(panels.items(), start=1):
+        for key, colour, name in (("old", "#555", f"tasks 1-{task - 1}"),
+                                  ("new", task_colour(task), f"task {task}")):
+            fig.add_trace(go.Scatter(x=frame["lambda"], y=frame[key], mode="lines+markers",
+                                     name=name, line=dict(color=colour), showlegend=col == 1,
+                                     hovertemplate="lambda %{x:.2f}<br>%{y:.1f}%<extra>" + name
+                                                   + "</extra>"), row=1, col=col)
+        fig.update_xaxes(title_text=f"lambda (0: after task {task - 1}, 1: after task {task})",
+                         row=1, col=col)
+    fig.update_yaxes(title_text="accuracy (%)", range=[0, 100], row=1, col=1)
+    fig.update_layout(title="Accuracy along the straight line between two task checkpoints",
+                      template="plotly_white", margin=dict(t=90))
+    return fig
+
+
+def theorem_figure(result: dict) -> go.Figure:
+    """Singular values of A B over gradient-descent iterations against the target's."""
+    fig = go.Figure()
+    values = np.array(result["singular_values"])
+    for j in range(values.shape[1]):
+        colour = task_colour(j + 1)
+        fig.add_trace(go.Scatter(x=result["iterations"], y=values[:, j], mode="lines",
+                                 name=f"sigma_{j + 1}(AB)", line=dict(color=colour),
+                                 hovertemplate="iteration %{x}<br>%{y:.3f}<extra></extra>"))
+        fig.add_hline(y=result["target"][j], line=dict(color=colour, dash="dot", width=1))
+    return _layout(fig, "Gradient descent learns the principal components one after another "
+                        "(dotted: target)", "iteration", "singular value")
+
+
+def landscape_figure(result: dict, which: str = "sum") -> go.Figure:
+    """Loss contours over the 2-D weight space with the paths of both methods."""
+    loss = {"task 1": np.array(result["loss1"]), "task 2": np.array(result["loss2"])}
+    z = loss["task 1"] + loss["task 2"] if which == "sum" else loss[which]
+    fig = go.Figure(go.Contour(x=result["x"], y=result["y"], z=np.log10(z + 1e-3),
+                               colorscale="Greys", reversescale=True, showscale=True,
+                               colorbar=dict(title="log10 loss"),
+                               contours=dict(coloring="heatmap"),
+                               hovertemplate="w = (%{x:.2f}, %{y:.2f})<br>log10 loss %{z:.2f}"
+                                             "<extra></extra>"))
+    steps = result["steps"]
+    for method, path in result["paths"].items():
+        p = np.array(path)
+        fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], mode="lines", name=method,
+                                 line=dict(color=method_colour(method), width=3)))
+        fig.add_trace(go.Scatter(x=p[[steps, -1], 0], y=p[[steps, -1], 1], mode="markers+text",
+                                 text=["W1", "W2"], textposition="top center",
+                                 marker=dict(color=method_colour(method), size=10),
+                                 showlegend=False))
+    fig.add_trace(go.Scatter(x=[0], y=[0], mode="markers+text", text=["W0"],
+                             textposition="bottom center", marker=dict(color="black", size=10),
+                             showlegend=False))
+    return _layout(fig, f"Toy loss landscape ({which}) and the two methods' paths",
+                   "weight 1", "weight 2")
+
+
+def step_cost_figure(rows: list[dict]) -> go.Figure:
+    """Median training-step time per task, one line per run."""
+    fig = go.Figure()
+    for r in rows:
+        fig.add_trace(go.Scatter(x=list(range(1, len(r["step_ms"]) + 1)), y=r["step_ms"],
+                                 mode="lines+markers", name=r["label"],
+                                 line=dict(color=method_colour(r["method"])),
+                                 hovertemplate="task %{x}: %{y:.1f} ms<extra></extra>"))
+    return _layout(fig, "Median training-step time against the number of tasks learned",
+                   "task", "step time (ms)")

@@ -1,0 +1,159 @@
+"""The analyses on a tiny run made in the test."""
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from sdlora.analysis import (cached, efficiency, figures, interpolate, magnitude_series,
+                             magnitudes_at_task_end, matrix_factorisation_dynamics,
+                             relative_distances, residual_series, residuals_at_task_end,
+                             toy_landscape)
+from sdlora.config import TrainConfig
+from sdlora.runs import RunError, RunFolder
+from sdlora.train import train
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    from tests.conftest import small_benchmark
+
+    root = tmp_path_factory.mktemp("runs")
+    bench = small_benchmark(classes=6)
+    runs = {}
+    for method in ("sd-lora", "lora"):
+        cfg = TrainConfig(method=method, benchmark="digits", tasks=3, epochs=2, batch_size=12,
+                          residual_every=1)
+        runs[method] = train(cfg, out=root / method, progress=False, benchmark=bench)
+    return runs, bench
+
+
+def test_magnitude_series_one_value_per_step_per_component(tiny_runs):
+    runs, _ = tiny_runs
+    series = magnitude_series(runs["sd-lora"])
+    steps = runs["sd-lora"].steps()
+    expected = sum(s["task"] + 1 for s in steps)  # task t has t components
+    assert len(series) == expected
+    assert series.groupby(["global_step", "component"]).size().max() == 1
+    table = magnitudes_at_task_end(runs["sd-lora"])
+    assert list(table.index) == [1, 2, 3] and np.isnan(table.loc[1, 3])
+    assert magnitude_series(runs["lora"]).empty
+
+
+def test_residuals_recorded_and_recomputed(tiny_runs):
+    runs, _ = tiny_runs
+    series = residual_series(runs["sd-lora"])
+    assert set(series["task"]) == {2, 3}
+    assert ((series["residual"] >= 0) & (series["residual"] <= 1 + 1e-9)).all()
+    table = residuals_at_task_end(runs["sd-lora"])
+    assert list(table["after task"]) == [2, 3]
+    assert sum(c.startswith("block ") for c in table.columns) == 12  # 6 blocks x (q, v)
+    # The model residual is at least no smaller than what a per-projection fit leaves on average
+    # (per-projection coefficients are a superset of shared ones).
+    per = table[[c for c in table.columns if c.startswith("block ")]].to_numpy()
+    assert (table["model"].to_numpy() >= np.sqrt((per ** 2).mean(1)) - 1e-9).all()
+
+
+def test_interpolation_end_points_match_checkpoints(tiny_runs):
+    runs, bench = tiny_runs
+    for run in runs.values():
+        R = run.metrics()["accuracy_matrix"]
+        frame = interpolate(run, 3, points=3, benchmark=bench)
+        start, end = frame.iloc[0], frame.iloc[-1]
+        assert [start["task 1"], start["task 2"]] == pytest.approx(R[1])
+        assert start["task 3"] == 0.0  # task 3's classes are not predicted at lambda = 0
+        assert [end[f"task {j}"] for j in (1, 2, 3)] == pytest.approx(R[2])
+    with pytest.raises(ValueError, match="task=1 is not valid"):
+        interpolate(runs["lora"], 1, benchmark=bench)
+
+
+def test_relative_distances_definition():
+    w0_to = [np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([1.0, 0.0])]
+    d = relative_distances(w0_to)
+    assert d[0, 1] == pytest.approx(math.sqrt(2)) and d[0, 2] == 0.0 and d[1, 1] == 0.0
+    close = relative_distances([np.array([10.0, 1.0]), np.array([10.0, -1.0])])
+    assert close[0, 1] == pytest.approx(2 / math.sqrt(101))
+
+
+def test_efficiency_merged_costs_a_plain_vit(tiny_runs):
+    runs, _ = tiny_runs
+    eff = efficiency(runs["sd-lora"])
+    assert eff["gflops_merged"] == pytest.approx(eff["gflops_plain"])
+    assert eff["gflops_unmerged"] >= eff["gflops_merged"]
+    assert [t["components"] for t in eff["per_task"]] == [1, 2, 3]
+    learnable = eff["per_task"][-1]["learnable"]
+    assert learnable == 12 * (192 * 10 + 10 * 192) + 3  # P (A_t + B_t) + alpha_1..3
+    assert eff["stored_samples"] == 0 and len(eff["step_ms_median"]) == 3
+
+
+def test_theorem1_learns_top_singular_value_first():
+    result = matrix_factorisation_dynamics(m=20, n=20, r=3, spectrum=(3.0, 1.5, 0.75),
+                                           rho=1e-3, eta=0.05, iterations=1500)
+    first = result["learned_at"]
+    assert None not in first and first[0] < first[1] < first[2]
+    assert result["final_error"] < 1e-3
+    with pytest.raises(ValueError, match="eta=0.5 is too large"):
+        matrix_factorisation_dynamics(spectrum=(3.0,), eta=0.5)
+
+
+def test_theorem1_fast_enough_for_a_slider():
+    import time
+    start = time.perf_counter()
+    matrix_factorisation_dynamics()
+    assert time.perf_counter() - start < 1.0
+
+
+def test_toy_landscape_paths():
+    result = toy_landscape(steps=50, grid=21)
+    assert len(result["paths"]["lora"]) == len(result["paths"]["sd-lora"]) == 101
+    assert np.array(result["loss1"]).shape == (21, 21)
+    assert result["paths"]["lora"][0] == [0.0, 0.0]  # LoRA starts at W0 exactly
+
+
+def test_every_figure_builder_returns_expected_traces(tiny_runs):
+    runs, _ = tiny_runs
+    m = runs["sd-lora"].metrics()
+    assert isinstance(figures.accuracy_heatmap(m["accuracy_matrix"]).data[0], go.Heatmap)
+    assert len(figures.forgetting_curves(m["accuracy_matrix"]).data) == 3
+    curves = figures.accuracy_curves([dict(label="a", method="sd-lora", metrics=m)])
+    assert len(curves.data) == 2  # the curve and its AAA level
+    assert len(figures.magnitude_figure(magnitude_series(runs["sd-lora"])).data) == 3
+    assert len(figures.residual_figure(residual_series(runs["sd-lora"])).data) == 2
+    assert isinstance(figures.residual_bars(residuals_at_task_end(runs["sd-lora"])).data[0],
+                      go.Heatmap)
+    assert isinstance(figures.distance_heatmap(np.zeros((3, 3))).data[0], go.Heatmap)
+    import pandas as pd
+    frame = pd.DataFrame(dict(**{"lambda": [0, 1]}, old=[50, 40], new=[0, 90]))
+    assert len(figures.interpolation_figure({"a": frame, "b": frame}, 2).data) == 4
+    theorem = matrix_factorisation_dynamics(iterations=50)
+    assert len(figures.theorem_figure(theorem).data) == 4
+    assert len(figures.landscape_figure(toy_landscape(steps=5, grid=9)).data) == 6
+    assert len(figures.mean_curve_figure({"lora": np.ones((3, 4))}, "t").data) == 2
+    assert len(figures.step_cost_figure([dict(label="a", method="lora", step_ms=[1, 2])]).data) == 1
+
+
+def test_cached_analysis_is_kept_in_the_run(tiny_runs):
+    runs, _ = tiny_runs
+    calls = []
+    value = cached(runs["lora"], "probe", lambda: calls.append(1) or {"x": 1})
+    again = cached(runs["lora"], "probe", lambda: calls.append(1) or {"x": 2})
+    assert value == again == {"x": 1} and calls == [1]
+    assert (runs["lora"].analyses_dir / "probe.json").exists()
+
+
+def test_partial_run_folder_gives_a_clear_error(tmp_path):
+    run = RunFolder(tmp_path / "broken")
+    with pytest.raises(RunError, match="config.json is missing"):
+        magnitude_series(run)
+    run.path.mkdir()
+    run.config_path.write_text(TrainConfig(benchmark="digits").to_dict().__repr__())
+    with pytest.raises(RunError, match="config.json is corrupt"):
+        efficiency(run)
+    run.config_path.write_text('{"method": "sd-lora"}')
+    with pytest.raises(RunError, match="no finished task"):
+        efficiency(run)
+    (run.steps_dir).mkdir()
+    (run.steps_dir / "task_000.jsonl").write_text('{"task": 0\n{"task": 0, "global_step": 1}\n')
+    with pytest.raises(RunError, match="task_000.jsonl line 1 is corrupt"):
+        magnitude_series(run)

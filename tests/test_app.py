@@ -1,0 +1,108 @@
+"""Every page of the app under AppTest: no runs, finished runs, a run in progress."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from sdlora.analysis import cached, interpolate
+from sdlora.config import TrainConfig
+from sdlora.runs import atomic_write_json
+from sdlora.train import train
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ["overview", "train", "accuracy", "magnitudes", "directions", "interpolation",
+         "theory", "efficiency"]
+
+
+def _open(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    if page != "overview":
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def _charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory):
+    """Two finished runs (lora, sd-lora) and one in progress, like the shipped demo runs."""
+    from tests.conftest import small_benchmark
+
+    cache = tmp_path_factory.mktemp("cache")
+    bench = small_benchmark(classes=4)
+    for method in ("lora", "sd-lora"):
+        cfg = TrainConfig(method=method, benchmark="digits", tasks=2, epochs=1, batch_size=12)
+        run = train(cfg, out=cache / "runs" / f"demo-{method}", progress=False, benchmark=bench)
+        cached(run, "interpolation_task2_11",
+               lambda run=run: interpolate(run, 2, 11, benchmark=bench).to_dict("records"))
+    cfg = TrainConfig(method="sd-lora", benchmark="digits", tasks=2, epochs=1, batch_size=12)
+    partial = train(cfg, out=cache / "runs" / "in-progress", progress=False,
+                    benchmark=small_benchmark(classes=2, seed=1))
+    atomic_write_json(partial.status_path, dict(state="running", updated=time.time(), task=1,
+                                                tasks=2, global_step=3, total_steps=6))
+    metrics = json.loads(partial.metrics_path.read_text())
+    metrics["tasks"] = 4  # it says 4 tasks but only 2 rows exist: half finished
+    partial.metrics_path.write_text(json.dumps(metrics))
+    return cache
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_with_no_runs(page, tmp_path, monkeypatch):
+    monkeypatch.setenv("SDLORA_CACHE", str(tmp_path / "empty"))
+    at = _open(page)
+    text = " ".join(m.value for m in at.markdown) + " ".join(i.value for i in at.info)
+    if page not in ("overview", "train", "theory"):
+        assert "Train" in text  # says how to get a run
+    if page == "theory":
+        assert _charts(at) == 2
+
+
+@pytest.mark.parametrize("page, charts", [("overview", 1), ("accuracy", 4), ("magnitudes", 1),
+                                          ("directions", 2), ("interpolation", 1),
+                                          ("efficiency", 1), ("theory", 2)])
+def test_pages_with_runs(page, charts, demo_cache, monkeypatch):
+    monkeypatch.setenv("SDLORA_CACHE", str(demo_cache))
+    at = _open(page)
+    assert _charts(at) >= charts
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_half_finished_run_is_shown(demo_cache, monkeypatch):
+    monkeypatch.setenv("SDLORA_CACHE", str(demo_cache))
+    at = _open("accuracy")
+    at.sidebar.selectbox[0].set_value(str(demo_cache / "runs" / "in-progress")).run()
+    assert not at.exception
+    assert any("not finished" in i.value for i in at.info)
+
+
+def test_widgets_change_without_errors(demo_cache, monkeypatch):
+    monkeypatch.setenv("SDLORA_CACHE", str(demo_cache))
+    at = _open("theory")
+    at.slider[0].set_value(12).run()
+    at.radio[0].set_value("task 2").run()
+    assert not at.exception and _charts(at) == 2
+    at = _open("magnitudes")
+    at.sidebar.selectbox[0].set_value(str(demo_cache / "runs" / "demo-lora")).run()
+    assert not at.exception
+    assert any("no magnitudes" in i.value for i in at.info)
+
+
+def test_train_form_refuses_bad_input(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDLORA_CACHE", str(tmp_path))
+    at = _open("train")
+    at.number_input[0].set_value(3)  # tasks: 3 does not divide 20 classes
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("tasks=3 does not divide" in e.value for e in at.error)
+    at.number_input[0].set_value(5)
+    at.number_input[2].set_value(-0.5)  # learning rate
+    at.button[0].click().run()
+    assert any("lr=-0.5" in e.value for e in at.error)
+    assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").glob("*.json"))

@@ -1,0 +1,104 @@
+"""The app's one shared module: session-state keys, cached loaders, and small layout helpers.
+
+Pages stay thin: widgets in, `sdlora` calls, figures out. Everything computed comes from
+`sdlora`; this module only caches it and lays it out.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from sdlora.runs import RunError, RunFolder, list_runs
+
+# Session-state keys (named once, used everywhere).
+SELECTED_RUN = "selected_run"
+COMPARE_RUNS = "compare_runs"
+
+PAPER_CODE = "https://github.com/WuYichen-97/SD-Lora-CL"  # the URL the paper gives
+
+
+def paper_link(figure: str) -> str:
+    """Cite a figure of Wu et al., 'SD-LoRA', ICLR 2025 (the authors' repository links it)."""
+    return f"{figure} of Wu et al., *SD-LoRA*, ICLR 2025 ([authors' code]({PAPER_CODE}))"
+
+
+@st.cache_data(ttl=3, show_spinner=False)
+def run_table() -> pd.DataFrame:
+    """Every run folder, one row each (re-read every few seconds: runs change while training)."""
+    rows = []
+    for run in list_runs():
+        try:
+            rows.append(run.summary() | {"path": str(run.path)})
+        except RunError as err:
+            rows.append(dict(id=run.id, state=f"unreadable: {err}", path=str(run.path)))
+    return pd.DataFrame(rows, columns=["id", "method", "benchmark", "seed", "tasks", "done",
+                                       "state", "acc", "aaa", "path"])
+
+
+def runs_with_results() -> list[str]:
+    table = run_table()
+    return table[table["done"].fillna(0) > 0]["path"].tolist()
+
+
+def label(path: str) -> str:
+    return Path(path).name
+
+
+def no_runs_message() -> None:
+    st.info("No finished task in any run yet. Start one on the **Train** page (a few minutes on "
+            "a CPU), or from a terminal: `python -m sdlora train`. The repo's demo runs are made "
+            "by `python scripts/make_demo_runs.py`.")
+
+
+def sidebar() -> None:
+    """The shared sidebar: run picker and device status."""
+    import torch
+
+    with st.sidebar:
+        paths = runs_with_results()
+        if paths:
+            current = st.session_state.get(SELECTED_RUN)
+            index = paths.index(current) if current in paths else 0
+            st.selectbox("Run", paths, index=index, key=SELECTED_RUN, format_func=label,
+                         help="The run the single-run pages show.")
+        if torch.cuda.is_available():
+            st.success(f"GPU: {torch.cuda.get_device_name(0)}")
+        else:
+            st.caption("Device: CPU (no CUDA device found)")
+
+
+def selected_run() -> RunFolder | None:
+    paths = runs_with_results()
+    if not paths:
+        return None
+    path = st.session_state.get(SELECTED_RUN)
+    return RunFolder(path if path in paths else paths[0])
+
+
+def download_buttons(fig, frame: pd.DataFrame | None, name: str) -> None:
+    """HTML of the figure and CSV of its numbers (PNG: the camera icon on every chart)."""
+    cols = st.columns(2)
+    cols[0].download_button("Figure (HTML)", fig.to_html(include_plotlyjs="cdn"),
+                            file_name=f"{name}.html", mime="text/html", key=f"html-{name}")
+    if frame is not None:
+        cols[1].download_button("Numbers (CSV)", frame.to_csv(index=False),
+                                file_name=f"{name}.csv", mime="text/csv", key=f"csv-{name}")
+
+
+def show(fig, frame: pd.DataFrame | None, name: str) -> None:
+    st.plotly_chart(fig, use_container_width=True, key=f"chart-{name}")
+    download_buttons(fig, frame, name)
+
+
+def guarded(fn):
+    """Run a page body; turn any error into a message instead of a traceback."""
+    try:
+        fn()
+    except RunError as err:
+        st.error(f"This run folder cannot be read: {err}")
+    except (ValueError, FileNotFoundError) as err:
+        st.error(str(err))
+    except Exception as err:  # last resort: the app never shows a traceback
+        st.error(f"Something went wrong: {type(err).__name__}: {err}")
