@@ -17,5 +17,6 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-ui.sidebar()
+with st.sidebar:
+    ui.sidebar()
 page.run()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from sdlora.runs import RunError, RunFolder, list_runs
+from sdlora.runs import RunError, RunFolder, default_runs_root, list_runs
 
 # Session-state keys (named once, used everywhere).
 SELECTED_RUN = "selected_run"
@@ -24,9 +24,13 @@ def paper_link(figure: str) -> str:
     return f"{figure} of Wu et al., *SD-LoRA*, ICLR 2025 ([authors' code]({PAPER_CODE}))"
 
 
-@st.cache_data(ttl=3, show_spinner=False)
 def run_table() -> pd.DataFrame:
     """Every run folder, one row each (re-read every few seconds: runs change while training)."""
+    return _run_table(str(default_runs_root()))
+
+
+@st.cache_data(ttl=3, show_spinner=False)
+def _run_table(root: str) -> pd.DataFrame:
     rows = []
     for run in list_runs():
         try:
@@ -88,7 +92,7 @@ def download_buttons(fig, frame: pd.DataFrame | None, name: str) -> None:
 
 
 def show(fig, frame: pd.DataFrame | None, name: str) -> None:
-    st.plotly_chart(fig, use_container_width=True, key=f"chart-{name}")
+    st.plotly_chart(fig, width="stretch", key=f"chart-{name}")
     download_buttons(fig, frame, name)
 
 

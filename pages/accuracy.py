@@ -1,10 +1,9 @@
 """Accuracy: the accuracy matrix, accuracy over tasks, forgetting; several runs overlaid."""
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 import ui
-from sdlora.analysis import accuracy_table, figures
+from sdlora.analysis import accuracy_matrix_frame, accuracy_table, figures
 from sdlora.runs import RunFolder
 
 st.title("Accuracy")
@@ -34,7 +33,7 @@ def body() -> None:
     with left:
         R = m["accuracy_matrix"]
         ui.show(figures.accuracy_heatmap(R, f"Accuracy matrix: {run.id}"),
-                pd.DataFrame(R, index=[f"after T{i + 1}" for i in range(len(R))]).reset_index(),
+                accuracy_matrix_frame(R).reset_index(),
                 "accuracy_matrix")
     with right:
         ui.show(figures.forgetting_curves(R, "Each task's accuracy as later tasks arrive"),

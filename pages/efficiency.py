@@ -38,7 +38,7 @@ def body() -> None:
         costs.append(dict(label=run.id, method=eff["method"], step_ms=eff["step_ms_median"]))
     if rows:
         table = pd.DataFrame(rows)
-        st.dataframe(table, hide_index=True, use_container_width=True)
+        st.dataframe(table, hide_index=True, width="stretch")
         st.download_button("Table (CSV)", table.to_csv(index=False), file_name="efficiency.csv")
         ui.show(figures.step_cost_figure(costs), None, "step_cost")
 

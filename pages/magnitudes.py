@@ -27,7 +27,7 @@ def body() -> None:
             "magnitudes")
     st.subheader("Magnitudes at the end of each task")
     table = magnitudes_at_task_end(run)
-    st.dataframe(table.style.format("{:.3f}", na_rep=""), use_container_width=True)
+    st.dataframe(table.style.format("{:.3f}", na_rep=""), width="stretch")
     st.download_button("Table (CSV)", table.to_csv(), file_name="magnitudes_task_end.csv")
 
 

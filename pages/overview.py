@@ -23,7 +23,7 @@ def picture():
 
 left, right = st.columns([3, 2])
 with left:
-    st.plotly_chart(figures.landscape_figure(picture()), use_container_width=True)
+    st.plotly_chart(figures.landscape_figure(picture()), width="stretch")
 with right:
     st.markdown(
         "**The picture** (a toy, computed live): two tasks whose low-loss valleys cross. Both "
@@ -42,4 +42,4 @@ table = ui.run_table()
 if table.empty:
     ui.no_runs_message()
 else:
-    st.dataframe(table.drop(columns=["path"]), hide_index=True, use_container_width=True)
+    st.dataframe(table.drop(columns=["path"]), hide_index=True, width="stretch")

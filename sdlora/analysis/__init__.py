@@ -5,6 +5,7 @@ Each analysis of a run is computed once and kept in the run folder (``analyses/`
 it is instant; `cached` does that.
 """
 from .core import (
+    accuracy_matrix_frame,
     accuracy_table,
     cached,
     efficiency,
@@ -20,6 +21,7 @@ from .theory import matrix_factorisation_dynamics
 from .landscape import toy_landscape
 
 __all__ = [
+    "accuracy_matrix_frame",
     "accuracy_table",
     "cached",
     "efficiency",

@@ -55,8 +55,8 @@ def run_analyse(args) -> int:
     written: list[str] = []
     if "accuracy" in args.what:
         R = metrics["accuracy_matrix"]
-        frame = pd.DataFrame(R, index=[f"after T{i + 1}" for i in range(len(R))])
-        written += _export(figures.accuracy_heatmap(R), frame.reset_index(), out, "accuracy_matrix")
+        written += _export(figures.accuracy_heatmap(R), core.accuracy_matrix_frame(R).reset_index(),
+                           out, "accuracy_matrix")
         written += _export(figures.forgetting_curves(R), None, out, "per_task_accuracy")
     if "magnitudes" in args.what:
         series = core.magnitude_series(run)

@@ -37,7 +37,7 @@ from ..config import TrainConfig
 from ..runs import RunError, RunFolder, atomic_write_json
 
 __all__ = [
-    "accuracy_table", "cached", "efficiency", "interpolate", "magnitude_series",
+    "accuracy_matrix_frame", "accuracy_table", "cached", "efficiency", "interpolate", "magnitude_series",
     "magnitudes_at_task_end", "relative_distances", "residual_series", "residuals_at_task_end",
     "task_specific_weights",
 ]
@@ -75,6 +75,16 @@ def cached(run: RunFolder | str | Path, name: str, compute: Callable[[], object]
 
 
 # -- accuracy ----------------------------------------------------------------------------------
+def accuracy_matrix_frame(matrix: list[list[float]]) -> pd.DataFrame:
+    """R as a table: rows 'after T<i>', columns 'T<j>', blank above the diagonal."""
+    n = len(matrix)
+    padded = [list(row) + [np.nan] * (n - len(row)) for row in matrix]
+    frame = pd.DataFrame(padded, columns=[f"T{j + 1}" for j in range(n)],
+                         index=[f"after T{i + 1}" for i in range(n)])
+    frame.index.name = "model"
+    return frame
+
+
 def accuracy_table(runs: list[RunFolder]) -> pd.DataFrame:
     """One row per run and task: seen accuracy after that task, plus the run's Acc and AAA."""
     rows = []
