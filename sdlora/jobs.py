@@ -94,11 +94,12 @@ def cancel(job_id: str) -> dict:
     job = _read(jobs_root() / f"{job_id}.json")
     if job is None:
         raise ValueError(f"job {job_id!r} not found under {jobs_root()}")
-    if job["state"] == "running" and _alive(job.get("pid")):
-        os.kill(job["pid"], signal.SIGTERM)
+    running = job["state"] == "running" and _alive(job.get("pid"))
     if job["state"] in ("queued", "running"):
-        job["state"] = "cancelled"
+        job["state"] = "cancelled"  # written first, so the worker does not call it a failure
         _write(job)
+    if running:
+        os.kill(job["pid"], signal.SIGTERM)
     return job
 
 
@@ -163,6 +164,8 @@ def worker_loop(idle_exit: float = 30.0) -> None:
             _write(job)
             code = child.wait()
         latest = _read(jobs_root() / f"{job['id']}.json") or job
+        if latest["state"] == "queued":  # resubmitted meanwhile: leave it for the next turn
+            continue
         if latest["state"] != "cancelled":
             latest["state"] = "finished" if code == 0 else "failed"
             latest["returncode"] = code

@@ -107,6 +107,9 @@ def test_theorem1_fast_enough_for_a_slider():
 def test_toy_landscape_paths():
     result = toy_landscape(steps=50, grid=21)
     assert len(result["paths"]["lora"]) == len(result["paths"]["sd-lora"]) == 101
+    default = toy_landscape(grid=9)  # the default geometry shows the effect (seed 0)
+    assert default["final_losses"]["sd-lora"][0] < default["final_losses"]["lora"][0] / 5
+    assert max(default["final_losses"]["sd-lora"][1], default["final_losses"]["lora"][1]) < 0.05
     assert np.array(result["loss1"]).shape == (21, 21)
     assert result["paths"]["lora"][0] == [0.0, 0.0]  # LoRA starts at W0 exactly
 
@@ -157,3 +160,21 @@ def test_partial_run_folder_gives_a_clear_error(tmp_path):
     (run.steps_dir / "task_000.jsonl").write_text('{"task": 0\n{"task": 0, "global_step": 1}\n')
     with pytest.raises(RunError, match="task_000.jsonl line 1 is corrupt"):
         magnitude_series(run)
+
+
+def test_analyse_cli_writes_html_and_csv(tiny_runs, tmp_path):
+    import os
+    import subprocess
+    import sys
+    runs, _ = tiny_runs
+    out = tmp_path / "figs"
+    result = subprocess.run([sys.executable, "-m", "sdlora", "analyse", str(runs["sd-lora"].path),
+                             "--what", "accuracy", "magnitudes", "residuals", "theory",
+                             "--html", str(out)], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr
+    for name in ("accuracy_matrix", "magnitudes", "residual_series", "theorem1"):
+        assert (out / f"{name}.html").exists() and (out / f"{name}.csv").exists()
+    bad = subprocess.run([sys.executable, "-m", "sdlora", "analyse", str(runs["sd-lora"].path),
+                          "--what", "everything"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--what ['everything'] not valid" in bad.stderr
