@@ -52,7 +52,7 @@ def main() -> None:
     for method, overrides, label in jobs:
         results = []
         for seed in args.seeds:
-            suffix = "".join(f"-{k}{v}" for k, v in overrides.items())
+            suffix = "".join(f"-{v}" if k == "variant" else f"-{k}{v}" for k, v in overrides.items())
             name = f"{method}{suffix}-s{seed}"
             run = RunFolder(root / name)
             config = TrainConfig(method=method, seed=seed, **overrides)
