@@ -15,7 +15,8 @@ import timm
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-__all__ = ["BackboneSpec", "EMBEDDED", "EMBEDDED_WEIGHTS", "create_backbone", "BACKBONES"]
+__all__ = ["BackboneSpec", "EMBEDDED", "EMBEDDED_WEIGHTS", "create_backbone", "BACKBONES",
+           "image_size"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ BACKBONES: dict[str, BackboneSpec] = {
     "vit_base_patch16_224.dino": BackboneSpec(
         "vit_base_patch16_224.dino", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
 }
+
+
+def image_size(name: str) -> int:
+    """Input size of backbone `name` (the embedded ViT: 28; ViT-B/16 and other tags: 224)."""
+    spec = BACKBONES.get(name)
+    return int(spec.kwargs.get("img_size", 224)) if spec else 224
 
 
 def create_backbone(name: str, pretrained: bool = True, weights: Path | None = None,

@@ -13,28 +13,28 @@ from .data import DataError
 log = logging.getLogger("sdlora")
 
 
+# flag -> TrainConfig field; every flag defaults to None so a preset's values stay unless given
+_FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "variant": str,
+          "tasks": int, "epochs": int, "batch_size": int, "lr": float, "optimizer": str,
+          "weight_decay": float, "schedule": str, "rank": int, "kd_tau": float,
+          "new_magnitude_init": float, "seed": int, "device": str, "data_root": str,
+          "class_order_seed": int, "amp": str, "num_workers": int}
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a class-incremental run (the embedded default "
                                      "when flags are omitted)")
     defaults = TrainConfig()
-    p.add_argument("--benchmark", default=defaults.benchmark)
-    p.add_argument("--backbone", default=defaults.backbone)
-    p.add_argument("--weights", default=None, help="local weights file for the backbone")
-    p.add_argument("--method", default=defaults.method, help=f"one of: {', '.join(METHODS)}")
-    p.add_argument("--variant", default=defaults.variant,
-                   help="sd-lora only: 'paper' (default) or 'released' (the authors' code)")
-    p.add_argument("--tasks", type=int, default=defaults.tasks)
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--optimizer", default=defaults.optimizer, help="adam or sgd")
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--schedule", default=defaults.schedule, help="constant or cosine")
-    p.add_argument("--rank", type=int, default=defaults.rank)
-    p.add_argument("--kd-tau", type=float, default=defaults.kd_tau)
-    p.add_argument("--new-magnitude-init", type=float, default=defaults.new_magnitude_init)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
+    helps = {"method": f"one of: {', '.join(METHODS)}",
+             "variant": "sd-lora only: 'paper' or 'released' (the authors' code)",
+             "data_root": "folder of a file benchmark (default $SDLORA_DATA/<benchmark>)",
+             "amp": "'none' or 'bf16' (CUDA autocast)", "device": "auto, cpu or cuda"}
+    for name, kind in _FLAGS.items():
+        default = getattr(defaults, name)
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                       help=f"{helps.get(name, '')} (default: {default})".strip())
+    p.add_argument("--preset", default=None,
+                   help="one of the paper's experiments (`python -m sdlora presets`)")
     p.add_argument("--out", default=None, help="the run folder (exactly this path)")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue an interrupted run (a run folder or id); other flags ignored")
@@ -74,13 +74,10 @@ def _cmd_train(args) -> int:
         _check_before_training(config)
         run = train(config, out=args.out, progress=not args.quiet)
     else:
-        config = TrainConfig(benchmark=args.benchmark, backbone=args.backbone,
-                             weights=args.weights, method=args.method, variant=args.variant,
-                             tasks=args.tasks, epochs=args.epochs, batch_size=args.batch_size,
-                             lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                             schedule=args.schedule, rank=args.rank, kd_tau=args.kd_tau,
-                             new_magnitude_init=args.new_magnitude_init, seed=args.seed,
-                             device=args.device)
+        from .presets import preset_config
+
+        given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
+        config = preset_config(args.preset, **given) if args.preset else TrainConfig(**given)
         _check_before_training(config)
         run = train(config, out=args.out, progress=not args.quiet)
     print(format_run(run.path))
@@ -90,13 +87,12 @@ def _cmd_train(args) -> int:
 def _check_before_training(config: TrainConfig) -> None:
     """Everything that can fail before training: data, task count, device, weights."""
     from .backbone import BACKBONES
-    from .data import load_benchmark, make_task_split
-    from .train import resolve_device
+    from .train import load_data, resolve_device, split_for
 
     resolve_device(config.device)
-    benchmark = load_benchmark(config.benchmark)
+    benchmark = load_data(config)
     try:
-        make_task_split(benchmark.num_classes, config.tasks, config.seed)
+        split_for(config, benchmark)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     spec = BACKBONES.get(config.backbone)
@@ -160,6 +156,18 @@ def _cmd_show(args) -> int:
     return 0
 
 
+def _cmd_presets(args) -> int:
+    from .presets import PRESETS, preset_config
+
+    for name, (settings, reported) in PRESETS.items():
+        config = preset_config(name)
+        print(f"{name}: {config.benchmark}, {config.tasks} tasks, {config.epochs} epochs, "
+              f"{config.optimizer} lr {config.lr}, batch {config.batch_size}, {config.backbone}")
+        for method, (acc, aaa) in reported.items():
+            print(f"    paper {method:24} Acc {acc:6.2f}  AAA {aaa:6.2f}")
+    return 0
+
+
 def _cmd_pretrain(args) -> int:
     from .pretrain import pretrain
 
@@ -183,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("show", help="print one run's results")
     p.add_argument("run")
     p.add_argument("--json", action="store_true")
+    sub.add_parser("presets", help="the paper's experiments with their reported results")
     p = sub.add_parser("worker", help="run the queue of training jobs (the app starts it)")
     p.add_argument("--idle-exit", type=float, default=30.0)
     p = sub.add_parser("pretrain", help="pretrain the embedded foundation model")
@@ -196,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     commands = dict(train=_cmd_train, runs=_cmd_runs, show=_cmd_show, pretrain=_cmd_pretrain,
-                    worker=_cmd_worker)
+                    worker=_cmd_worker, presets=_cmd_presets)
     handler = commands.get(args.command) or args.handler
     try:
         return handler(args)

@@ -42,7 +42,12 @@ def _positive(name: str, value, integer: bool = False) -> None:
 class TrainConfig:
     """Everything that defines a run. Defaults are the embedded CPU benchmark."""
 
-    benchmark: str = "renditions20"  # a name in sdlora.data.BENCHMARKS
+    benchmark: str = "renditions20"  # sdlora.data.benchmark_names(): embedded or the paper's
+    data_root: str | None = None  # folder of a file benchmark (default $SDLORA_DATA/<name>)
+    class_order_seed: int | None = None  # seed of the class order (None: `seed`); released: 1993
+    normalise_inputs: bool = True  # mean/std normalisation inside the model (released code: off)
+    amp: str = "none"  # 'none' or 'bf16' (CUDA autocast)
+    num_workers: int = 4  # DataLoader workers for file benchmarks
     backbone: str = "embedded-vit"  # a name in sdlora.backbone.BACKBONES or a timm ViT tag
     weights: str | None = None  # local weights file for the backbone (None: the backbone's own)
     method: str = "sd-lora"  # a name in METHODS
@@ -76,10 +81,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         from .backbone import BACKBONES
-        from .data import BENCHMARKS
+        from .data import benchmark_names
 
         _choice("method", self.method, list(METHODS))
-        _choice("benchmark", self.benchmark, sorted(BENCHMARKS))
+        _choice("benchmark", self.benchmark, benchmark_names())
+        _choice("amp", self.amp, ["none", "bf16"])
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers={self.num_workers} must be >= 0")
         if self.backbone not in BACKBONES and "vit" not in self.backbone:
             raise ConfigError(f"backbone={self.backbone!r} is not valid; choose one of: "
                               f"{', '.join(BACKBONES)} or another timm ViT tag")

@@ -67,14 +67,17 @@ class ArrayDataset:
     def subset(self, mask: torch.Tensor) -> "ArrayDataset":
         return ArrayDataset(self.images[mask], self.labels[mask])
 
+    def with_labels(self, labels: torch.Tensor) -> "ArrayDataset":
+        return ArrayDataset(self.images, labels)
+
 
 @dataclass
 class Benchmark:
     """A class-incremental benchmark: train and test sets over `num_classes` labels."""
 
     name: str
-    train: ArrayDataset
-    test: ArrayDataset
+    train: "ArrayDataset"  # or sdlora.datasets.ImageDataset (decoded on the fly)
+    test: "ArrayDataset"
     class_names: list[str]
 
     @property
@@ -202,11 +205,23 @@ BENCHMARKS: dict[str, Callable[..., Benchmark]] = {
 }
 
 
-def load_benchmark(name: str, **kwargs) -> Benchmark:
-    """Build a benchmark by name (see `BENCHMARKS`)."""
-    if name not in BENCHMARKS:
-        raise DataError(f"unknown benchmark {name!r}; valid: {', '.join(sorted(BENCHMARKS))}")
-    return BENCHMARKS[name](**kwargs)
+def benchmark_names() -> list[str]:
+    from .datasets import FILE_BENCHMARKS
+
+    return sorted(BENCHMARKS) + list(FILE_BENCHMARKS)
+
+
+def load_benchmark(name: str, data_root: str | Path | None = None, image_size: int = 28,
+                   split_seed: int = 0) -> Benchmark:
+    """Build a benchmark by name: an embedded one (`BENCHMARKS`, in memory) or one of the
+    paper's from its folder (`sdlora.datasets`, decoded on the fly at `image_size`)."""
+    from .datasets import FILE_BENCHMARKS, load_file_benchmark
+
+    if name in BENCHMARKS:
+        return BENCHMARKS[name]()
+    if name in FILE_BENCHMARKS:
+        return load_file_benchmark(name, data_root, image_size, split_seed)
+    raise DataError(f"unknown benchmark {name!r}; valid: {', '.join(benchmark_names())}")
 
 
 @dataclass(frozen=True)
@@ -235,13 +250,13 @@ class TaskSplit:
         lookup[list(self.class_order)] = torch.arange(len(self.class_order))
         return lookup[labels]
 
-    def task_data(self, data: ArrayDataset, task: int, upto: bool = False) -> ArrayDataset:
+    def task_data(self, data, task: int, upto: bool = False):
         """Samples of `task` (or of tasks 0..task when `upto`), labels as model class ids."""
         y = self.relabel(data.labels)
         k = self.classes_per_task
         low = 0 if upto else task * k
         mask = (y >= low) & (y < (task + 1) * k)
-        return ArrayDataset(data.images[mask], y[mask])
+        return data.subset(mask).with_labels(y[mask])
 
 
 def make_task_split(num_classes: int, num_tasks: int, seed: int) -> TaskSplit:

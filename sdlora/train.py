@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .backbone import create_backbone
+from .backbone import create_backbone, image_size
 from .config import ConfigError, TrainConfig
 from .data import ArrayDataset, Benchmark, TaskSplit, load_benchmark, make_task_split
 from .metrics import summarise
@@ -33,7 +33,7 @@ from .model import ContinualViT
 from .runs import RunError, RunFolder, atomic_write_json, default_runs_root
 
 __all__ = ["resolve_device", "build_model", "load_model", "evaluate", "train", "task_generator",
-           "new_run_id"]
+           "new_run_id", "load_data", "split_for"]
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,20 @@ def task_generator(seed: int, task: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + task)
 
 
+def load_data(config: TrainConfig) -> Benchmark:
+    """The run's benchmark, at its backbone's input size."""
+    return load_benchmark(config.benchmark, config.data_root, image_size(config.backbone))
+
+
+def split_for(config: TrainConfig, benchmark: Benchmark) -> TaskSplit:
+    seed = config.seed if config.class_order_seed is None else config.class_order_seed
+    return make_task_split(benchmark.num_classes, config.tasks, seed)
+
+
 def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> ContinualViT:
     backbone, spec = create_backbone(config.backbone, weights=config.weights)
-    return ContinualViT(backbone, config, spec.mean, spec.std).to(device)
+    mean, std = (spec.mean, spec.std) if config.normalise_inputs else ((0.0,) * 3, (1.0,) * 3)
+    return ContinualViT(backbone, config, mean, std).to(device)
 
 
 def load_model(run: RunFolder | Path | str, task: int, device: torch.device | str = "cpu",
@@ -90,21 +101,47 @@ def _checkpoint_tensors(model: ContinualViT) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def batches(data, batch_size: int, device: torch.device, order: torch.Tensor | None = None,
+            num_workers: int = 0):
+    """(images, labels) batches on `device`, in `order` (default: as stored). In-memory data is
+    sliced directly; file data goes through a DataLoader (workers, pinned memory)."""
+    if isinstance(data, ArrayDataset):
+        index = order if order is not None else torch.arange(len(data))
+        for i in range(0, len(index), batch_size):
+            idx = index[i:i + batch_size]
+            yield data.images[idx].to(device), data.labels[idx].to(device)
+        return
+    sampler = order.tolist() if order is not None else None
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler,
+                                         num_workers=num_workers,
+                                         pin_memory=device.type == "cuda",
+                                         persistent_workers=False)
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
 @torch.no_grad()
-def evaluate(model: ContinualViT, split: TaskSplit, data: ArrayDataset, upto: int,
-             device: torch.device, batch_size: int = 256) -> list[float]:
+def evaluate(model: ContinualViT, split: TaskSplit, data, upto: int,
+             device: torch.device, batch_size: int = 256, num_workers: int = 0,
+             amp: str = "none") -> list[float]:
     """Accuracy (percent) on each task 0..upto's test data, argmax over every class seen."""
     model.eval()
     row = []
     for task in range(upto + 1):
         subset = split.task_data(data, task)
         correct = 0
-        for i in range(0, len(subset), batch_size):
-            x = subset.images[i:i + batch_size].to(device)
-            y = subset.labels[i:i + batch_size].to(device)
-            correct += (model(x).argmax(1) == y).sum().item()
+        for x, y in batches(subset, batch_size, torch.device(device), num_workers=num_workers):
+            with _autocast(device, amp):
+                correct += (model(x).argmax(1) == y).sum().item()
         row.append(100.0 * correct / max(len(subset), 1))
     return row
+
+
+def _autocast(device, amp: str):
+    """bf16 autocast on CUDA when asked for; a no-op otherwise."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=amp == "bf16" and device.type == "cuda")
 
 
 def _optimizer(groups: dict[str, list], config: TrainConfig) -> torch.optim.Optimizer:
@@ -175,8 +212,8 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
                            f"continue it or choose another --out")
         atomic_write_json(run.config_path, config.to_dict())
     device = resolve_device(config.device)
-    benchmark = benchmark or load_benchmark(config.benchmark)
-    split = make_task_split(benchmark.num_classes, config.tasks, config.seed)
+    benchmark = benchmark or load_data(config)
+    split = split_for(config, benchmark)
     model = build_model(config, device)
     done = run.completed_tasks()
     metrics = run.metrics(required=False) if done else None
@@ -197,7 +234,8 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
             record = _train_task(model, config, split, benchmark, task, generator, run, status,
                                  global_step, device, progress)
             global_step += steps_per_task[task]
-            row = evaluate(model, split, benchmark.test, task, device, config.eval_batch_size)
+            row = evaluate(model, split, benchmark.test, task, device, config.eval_batch_size,
+                           config.num_workers, config.amp)
             matrix.append(row)
             task_info.append(record)
             run.save_checkpoint(task, _checkpoint_tensors(model), dict(
@@ -237,7 +275,9 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
     model.begin_task(task, len(classes), generator)
     optimizer = _optimizer(model.trainable_parameters(), config)
     data = split.task_data(benchmark.train, task)
-    images, labels = data.images.to(device), (data.labels - classes.start).to(device)
+    data = data.with_labels(data.labels - classes.start)
+    if isinstance(data, ArrayDataset):
+        data = ArrayDataset(data.images.to(device), data.labels.to(device))
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total = config.epochs * steps_per_epoch
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
@@ -250,17 +290,21 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
     with open(log_path, "w") as steps_log:
         for epoch in range(config.epochs):
             model.train()
-            order = torch.randperm(len(data), generator=generator).to(device)
-            for i in range(0, len(order), config.batch_size):
-                start = time.perf_counter()
-                idx = order[i:i + config.batch_size]
-                logits = model(images[idx])[:, classes.start:classes.stop]  # current task only
-                loss = F.cross_entropy(logits, labels[idx])
+            order = torch.randperm(len(data), generator=generator)
+            if isinstance(data, ArrayDataset):
+                order = order.to(device)
+            start = time.perf_counter()
+            for x, y in batches(data, config.batch_size, device, order, config.num_workers):
+                with _autocast(device, config.amp):
+                    logits = model(x)[:, classes.start:classes.stop]  # current task only
+                loss = F.cross_entropy(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
                 record = dict(task=task, epoch=epoch, step=step, global_step=global_step + step,
                               loss=round(loss.item(), 6), lr=optimizer.param_groups[0]["lr"],
@@ -280,6 +324,7 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
                              epochs=config.epochs, step=step, steps=total,
                              global_step=global_step + step, loss=loss.item(),
                              magnitudes=record.get("magnitudes", {}))
+                start = time.perf_counter()
         bar.close()
         info = model.end_task()
         if model.adapter is not None and model.adapter.use_magnitudes:

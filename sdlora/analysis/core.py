@@ -178,8 +178,7 @@ def interpolate(run: RunFolder | str | Path, task: int, points: int = 11,
     """Accuracy along the line from the model after task `task`-1 to after `task` (1-based
     `task` >= 2; see the module docstring for the head). Columns: lambda, old (accuracy on
     tasks 1..task-1's test data), new (task `task`'s), and 'task j' for each."""
-    from ..data import load_benchmark, make_task_split
-    from ..train import load_model
+    from ..train import batches, load_data, load_model, split_for
 
     run = _run(run)
     done = run.completed_tasks()
@@ -190,8 +189,8 @@ def interpolate(run: RunFolder | str | Path, task: int, points: int = 11,
     if points < 2:
         raise ValueError(f"points={points}; at least 2 (the two checkpoints)")
     config = TrainConfig.from_dict(run.config())
-    benchmark = benchmark or load_benchmark(config.benchmark)
-    split = make_task_split(benchmark.num_classes, config.tasks, config.seed)
+    benchmark = benchmark or load_data(config)
+    split = split_for(config, benchmark)
     before, after = load_model(run, task - 2, device), load_model(run, task - 1, device)
     start, end = _merged_state(before), _merged_state(after)
     plain = after.backbone
@@ -207,11 +206,10 @@ def interpolate(run: RunFolder | str | Path, task: int, points: int = 11,
         correct = []
         for j, subset in enumerate(data):
             hits = 0
-            for b in range(0, len(subset), 256):
-                x = subset.images[b:b + 256].to(device)
+            for x, y in batches(subset, 256, torch.device(device)):
                 logits = head(plain((x - after.mean) / after.std))
                 logits[:, new] += math.log(lam) if lam > 0 else -math.inf
-                hits += (logits.argmax(1).cpu() == subset.labels[b:b + 256]).sum().item()
+                hits += (logits.argmax(1) == y).sum().item()
             correct.append((hits, len(subset)))
             row[f"task {j + 1}"] = 100.0 * hits / len(subset)
         old_hits = sum(h for h, _ in correct[:-1])
@@ -231,11 +229,10 @@ def task_specific_weights(config: TrainConfig, epochs: int | None = None, lr: fl
     """Fine-tune the whole backbone from W0 on each task alone (Adam, `lr`, the run's epochs
     and batch size) and return, per task, W_i* - W0 of every weight matrix (flattened, as one
     vector), plus the same restricted to the q and v slices that the adapters touch."""
-    from ..data import load_benchmark, make_task_split
-    from ..train import build_model, task_generator
+    from ..train import batches, build_model, load_data, split_for, task_generator
 
-    benchmark = benchmark or load_benchmark(config.benchmark)
-    split = make_task_split(benchmark.num_classes, config.tasks, config.seed)
+    benchmark = benchmark or load_data(config)
+    split = split_for(config, benchmark)
     ft = TrainConfig.from_dict({**config.to_dict(), "method": "full-ft", "variant": "paper"})
     epochs = epochs or config.epochs
     out = {"all": [], "qv": []}
@@ -247,13 +244,13 @@ def task_specific_weights(config: TrainConfig, epochs: int | None = None, lr: fl
         params = [p for group in model.trainable_parameters().values() for p in group]
         optimizer = torch.optim.Adam(params, lr=lr)
         data = split.task_data(benchmark.train, task)
-        labels = data.labels - task * split.classes_per_task
+        data = data.with_labels(data.labels - task * split.classes_per_task)
         model.train()
         for _ in range(epochs):
             order = torch.randperm(len(data), generator=generator)
-            for b in range(0, len(order), config.batch_size):
-                idx = order[b:b + config.batch_size]
-                loss = F.cross_entropy(model(data.images[idx].to(device)), labels[idx].to(device))
+            for x, y in batches(data, config.batch_size, torch.device(device), order,
+                                config.num_workers):
+                loss = F.cross_entropy(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

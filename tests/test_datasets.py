@@ -1,0 +1,141 @@
+"""The paper's benchmarks, read from small files generated here in their real on-disk formats."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdlora.config import TrainConfig
+from sdlora.data import DataError, make_task_split
+from sdlora.datasets import load_file_benchmark
+from sdlora.presets import PRESETS, preset_config
+
+
+def _png(path, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(path)
+
+
+def _class_folders(root, classes=200, per_class=3):
+    for c in range(classes):
+        for i in range(per_class):
+            _png(root / f"n{c:08d}" / f"{i}.jpg", c * 10 + i)
+
+
+def test_imagenet_r_folder_split_by_code(tmp_path):
+    _class_folders(tmp_path / "r", per_class=5)
+    a = load_file_benchmark("imagenet-r", tmp_path / "r", 28, split_seed=0)
+    b = load_file_benchmark("imagenet-r", tmp_path / "r", 28, split_seed=0)
+    assert a.num_classes == 200 and len(a.train) == 800 and len(a.test) == 200
+    assert a.test.items == b.test.items  # seeded: the same split every time
+    assert load_file_benchmark("imagenet-r", tmp_path / "r", 28, split_seed=1).test.items != a.test.items
+    x, y = a.train[0]
+    assert x.shape == (3, 28, 28) and 0 <= float(x.min()) and float(x.max()) <= 1 and y == 0
+    assert sorted(p.name for p in (tmp_path / "r" / "n00000000").iterdir()) == [
+        f"{i}.jpg" for i in range(5)]  # never moves files
+
+
+def test_imagenet_a_pre_split_layout(tmp_path):
+    _class_folders(tmp_path / "a" / "train", per_class=2)
+    _class_folders(tmp_path / "a" / "test", per_class=1)
+    bench = load_file_benchmark("imagenet-a", tmp_path / "a", 28)
+    assert (bench.num_classes, len(bench.train), len(bench.test)) == (200, 400, 200)
+
+
+def test_missing_or_malformed_folder_says_what_was_expected(tmp_path):
+    with pytest.raises(DataError, match=r"one folder per class .* published at https://github.com/hendrycks/imagenet-r"):
+        load_file_benchmark("imagenet-r", tmp_path / "nowhere", 28)
+    _class_folders(tmp_path / "few", classes=3)
+    with pytest.raises(DataError, match="found 3 folders"):
+        load_file_benchmark("imagenet-a", tmp_path / "few", 28)
+    with pytest.raises(DataError, match="cifar-100-python"):
+        load_file_benchmark("cifar100", tmp_path, 28)
+    with pytest.raises(DataError, match="SDLORA_DATA"):
+        load_file_benchmark("cub200", None, 28)
+
+
+def test_cifar100_torchvision_format(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 500), ("test", 100)):
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+                         b"fine_labels": [i % 100 for i in range(n)]}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)]}, f)
+    bench = load_file_benchmark("cifar100", tmp_path, 32)
+    assert (bench.num_classes, len(bench.train), len(bench.test)) == (100, 500, 100)
+    split = make_task_split(100, 10, 1993)
+    assert len(split.task_data(bench.train, 3)) == 50  # 10 classes x 5 images
+
+
+def test_domainnet_split_lists(tmp_path):
+    domains = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
+    for d in domains:
+        for split, count in (("train", 2), ("test", 1)):
+            lines = []
+            for c in range(5):
+                for i in range(count):
+                    rel = f"{d}/class{c}/{split}{i}.jpg"
+                    _png(tmp_path / rel, c)
+                    lines.append(f"{rel} {c}")
+            (tmp_path / f"{d}_{split}.txt").write_text("\n".join(lines) + "\n")
+    bench = load_file_benchmark("domainnet", tmp_path, 28)
+    assert (bench.num_classes, len(bench.train), len(bench.test)) == (5, 60, 30)
+    (tmp_path / "sketch_test.txt").unlink()
+    with pytest.raises(DataError, match="sketch_test.txt missing"):
+        load_file_benchmark("domainnet", tmp_path, 28)
+
+
+def test_cub200_official_files(tmp_path):
+    images, labels, splits = [], [], []
+    for i in range(1, 13):
+        c = (i - 1) % 4 + 1
+        rel = f"{c:03d}.Bird_{c}/img_{i}.jpg"
+        _png(tmp_path / "images" / rel, i)
+        images.append(f"{i} {rel}")
+        labels.append(f"{i} {c}")
+        splits.append(f"{i} {1 if i <= 8 else 0}")
+    for name, lines in (("images.txt", images), ("image_class_labels.txt", labels),
+                        ("train_test_split.txt", splits),
+                        ("classes.txt", [f"{c} {c:03d}.Bird_{c}" for c in range(1, 5)])):
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    bench = load_file_benchmark("cub200", tmp_path, 28)
+    assert (bench.num_classes, len(bench.train), len(bench.test)) == (4, 8, 4)
+    assert sorted(bench.train.labels.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_every_preset_builds():
+    for name, (settings, reported) in PRESETS.items():
+        config = preset_config(name, method="sd-lora-kd", seed=1995)
+        assert config.benchmark == settings["benchmark"] and config.tasks == settings["tasks"]
+        assert config.backbone == "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+        assert config.lr == 0.008 and config.batch_size == 128 and "sd-lora" in reported
+
+
+def test_training_on_a_file_benchmark(tmp_path):
+    from sdlora.train import train
+
+    _class_folders(tmp_path / "r", per_class=3)
+    cfg = TrainConfig(benchmark="imagenet-r", data_root=str(tmp_path / "r"), tasks=100,
+                      epochs=1, batch_size=16, num_workers=0)
+    from sdlora.train import load_data
+    bench = load_data(cfg)
+    trained = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(task, metrics):
+        trained.append(metrics["accuracy_matrix"][-1])
+        if task == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, out=tmp_path / "run", progress=False, benchmark=bench,
+              on_task_end=stop_after_two)
+    assert [len(r) for r in trained] == [1, 2]
+    assert all(0 <= v <= 100 for r in trained for v in r)
