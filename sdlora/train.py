@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from .backbone import create_backbone, image_size
 from .config import ConfigError, TrainConfig
 from .data import ArrayDataset, Benchmark, TaskSplit, load_benchmark, make_task_split
+from .distributed import average_gradients, barrier, context, shard
 from .metrics import summarise
 from .model import ContinualViT
 from .runs import RunError, RunFolder, atomic_write_json, default_runs_root
@@ -102,20 +104,22 @@ def _checkpoint_tensors(model: ContinualViT) -> dict[str, torch.Tensor]:
 
 
 def batches(data, batch_size: int, device: torch.device, order: torch.Tensor | None = None,
-            num_workers: int = 0):
-    """(images, labels) batches on `device`, in `order` (default: as stored). In-memory data is
-    sliced directly; file data goes through a DataLoader (workers, pinned memory)."""
+            num_workers: int = 0, ctx=None):
+    """(images, labels) batches on `device`, in `order` (default: as stored); under torchrun
+    (`ctx`) this rank's slice of each batch. In-memory data is indexed directly; file data goes
+    through a DataLoader (workers, pinned memory)."""
+    index = order if order is not None else torch.arange(len(data))
+    plan = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
+    if ctx is not None and ctx.active:
+        plan = [shard(idx, ctx) for idx in plan]
     if isinstance(data, ArrayDataset):
-        index = order if order is not None else torch.arange(len(data))
-        for i in range(0, len(index), batch_size):
-            idx = index[i:i + batch_size]
+        for idx in plan:
+            idx = idx.to(data.images.device)
             yield data.images[idx].to(device), data.labels[idx].to(device)
         return
-    sampler = order.tolist() if order is not None else None
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler,
+    loader = torch.utils.data.DataLoader(data, batch_sampler=[idx.tolist() for idx in plan],
                                          num_workers=num_workers,
-                                         pin_memory=device.type == "cuda",
-                                         persistent_workers=False)
+                                         pin_memory=device.type == "cuda")
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
@@ -161,15 +165,16 @@ def new_run_id(config: TrainConfig) -> str:
 class _Status:
     """Throttled, atomic writes of status.json for live progress."""
 
-    def __init__(self, run: RunFolder, total_steps: int, every: float = 1.0) -> None:
-        self.run, self.total, self.every = run, total_steps, every
+    def __init__(self, run: RunFolder, total_steps: int, every: float = 1.0,
+                 enabled: bool = True) -> None:
+        self.run, self.total, self.every, self.enabled = run, total_steps, every, enabled
         self.last = 0.0
         self.start = time.time()
         self.steps_here = 0
 
     def write(self, state: str, force: bool = False, **fields) -> None:
         now = time.time()
-        if not force and now - self.last < self.every:
+        if not self.enabled or (not force and now - self.last < self.every):
             return
         self.last = now
         done = fields.get("global_step", 0)
@@ -210,8 +215,13 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
         if run.exists() and run.completed_tasks() > 0:
             raise RunError(f"{run.path} already holds a run; pass --resume {run.path} to "
                            f"continue it or choose another --out")
-        atomic_write_json(run.config_path, config.to_dict())
+        if context().is_main:
+            atomic_write_json(run.config_path, config.to_dict())
     device = resolve_device(config.device)
+    ctx = context(device.type)
+    if ctx.active and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
     benchmark = benchmark or load_data(config)
     split = split_for(config, benchmark)
     model = build_model(config, device)
@@ -226,7 +236,7 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
     train_sizes = [len(split.task_data(benchmark.train, t)) for t in range(config.tasks)]
     steps_per_task = [config.epochs * math.ceil(n / config.batch_size) for n in train_sizes]
     global_step = sum(steps_per_task[:done])
-    status = _Status(run, sum(steps_per_task))
+    status = _Status(run, sum(steps_per_task), enabled=ctx.is_main)
     status.write("running", force=True, task=done, tasks=config.tasks, global_step=global_step)
     try:
         for task in range(done, config.tasks):
@@ -238,12 +248,14 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
                            config.num_workers, config.amp)
             matrix.append(row)
             task_info.append(record)
-            run.save_checkpoint(task, _checkpoint_tensors(model), dict(
-                config=config.to_dict(), layout=model.adapter.layout() if model.adapter else [],
-                task=task, classes_per_task=split.classes_per_task,
-                class_order=list(split.class_order)))
             metrics = _metrics(config, benchmark, split, matrix, counts, task_info)
-            atomic_write_json(run.metrics_path, metrics)
+            if ctx.is_main:
+                run.save_checkpoint(task, _checkpoint_tensors(model), dict(
+                    config=config.to_dict(), layout=model.adapter.layout() if model.adapter else [],
+                    task=task, classes_per_task=split.classes_per_task,
+                    class_order=list(split.class_order)))
+                atomic_write_json(run.metrics_path, metrics)
+            barrier(ctx)
             log.info("task %d/%d: R row %s, seen accuracy %.2f", task + 1, config.tasks,
                      ["%.1f" % v for v in row], metrics["seen_accuracy"][-1])
             if on_task_end is not None:
@@ -282,8 +294,10 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
     total = config.epochs * steps_per_epoch
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
                  if config.schedule == "cosine" else None)
-    log_path = run.steps_path(task)
+    ctx = context()
+    log_path = run.steps_path(task) if ctx.is_main else Path(os.devnull)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    params = [p for group in model.trainable_parameters().values() for p in group]
     bar = tqdm(total=total, desc=f"task {task + 1}/{config.tasks}", disable=not progress,
                leave=False)
     step = 0
@@ -291,15 +305,14 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
         for epoch in range(config.epochs):
             model.train()
             order = torch.randperm(len(data), generator=generator)
-            if isinstance(data, ArrayDataset):
-                order = order.to(device)
             start = time.perf_counter()
-            for x, y in batches(data, config.batch_size, device, order, config.num_workers):
+            for x, y in batches(data, config.batch_size, device, order, config.num_workers, ctx):
                 with _autocast(device, config.amp):
                     logits = model(x)[:, classes.start:classes.stop]  # current task only
                 loss = F.cross_entropy(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                average_gradients(params, len(y), ctx)
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
