@@ -8,7 +8,9 @@ import ui
 from sdlora import jobs
 from sdlora.backbone import BACKBONES
 from sdlora.config import METHODS, ConfigError, TrainConfig
-from sdlora.data import BENCHMARKS, DataError, load_benchmark, make_task_split
+from sdlora.data import DataError, benchmark_names
+from sdlora.presets import PRESETS, preset_config
+from sdlora.train import load_data, split_for
 
 st.title("Train")
 st.markdown(
@@ -20,8 +22,15 @@ st.markdown(
 
 cuda = torch.cuda.is_available()
 with st.form("train"):
+    preset = st.selectbox("Preset", ["(none: the settings below)"] + list(PRESETS),
+                          help="One of the paper's experiments (ViT-B/16, its data set, epochs, "
+                               "optimiser). With a preset only method, seed, device and the "
+                               "data folder below are used.")
     c1, c2, c3 = st.columns(3)
-    benchmark = c1.selectbox("Benchmark", sorted(BENCHMARKS), index=sorted(BENCHMARKS).index("renditions20"))
+    names = benchmark_names()
+    benchmark = c1.selectbox("Benchmark", names, index=names.index("renditions20"))
+    data_root = c1.text_input("Data folder (the paper's benchmarks)", value="",
+                              help="Not needed for the embedded benchmarks.")
     backbone = c1.selectbox("Backbone", list(BACKBONES), index=0,
                             help="The embedded ViT ships with the repo; ViT-B/16 needs its "
                                  "weights (hub or local file) and a GPU.")
@@ -41,11 +50,14 @@ with st.form("train"):
 
 def submit(methods: list[str]) -> None:
     try:
-        configs = [TrainConfig(benchmark=benchmark, backbone=backbone, method=m,
-                               tasks=int(tasks), epochs=int(epochs), lr=float(lr),
-                               rank=int(rank), seed=int(seed), device=device) for m in methods]
-        data = load_benchmark(benchmark)
-        make_task_split(data.num_classes, int(tasks), int(seed))
+        common = dict(method=None, seed=int(seed), device=device, data_root=data_root or None)
+        if preset in PRESETS:
+            configs = [preset_config(preset, **{**common, "method": m}) for m in methods]
+        else:
+            configs = [TrainConfig(benchmark=benchmark, backbone=backbone, tasks=int(tasks),
+                                   epochs=int(epochs), lr=float(lr), rank=int(rank),
+                                   **{**common, "method": m}) for m in methods]
+        split_for(configs[0], load_data(configs[0]))  # data present, task count possible
     except (ConfigError, DataError, ValueError) as err:
         st.error(f"Not queued: {err}")
         return

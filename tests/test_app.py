@@ -109,4 +109,9 @@ def test_train_form_refuses_bad_input(tmp_path, monkeypatch):
     at.number_input[2].set_value(-0.5)  # learning rate
     at.button[0].click().run()
     assert any("lr=-0.5" in e.value for e in at.error)
+    at.number_input[2].set_value(0.008)
+    at.selectbox[1].set_value("imagenet-r")  # a paper benchmark without its data folder
+    at.text_input[0].set_value(str(tmp_path / "no-such-folder"))
+    at.button[0].click().run()
+    assert any("does not have the expected layout" in e.value for e in at.error)
     assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").glob("*.json"))
