@@ -79,11 +79,16 @@ def submit(config: TrainConfig, run_id: str | None = None, start_worker: bool = 
     return job
 
 
-def resume(job_id: str) -> dict:
-    """Queue an interrupted, failed or cancelled job again (it continues where it stopped)."""
+def _job(job_id: str) -> dict:
     job = _read(jobs_root() / f"{job_id}.json")
     if job is None:
         raise ValueError(f"job {job_id!r} not found under {jobs_root()}")
+    return job
+
+
+def resume(job_id: str) -> dict:
+    """Queue an interrupted, failed or cancelled job again (it continues where it stopped)."""
+    job = _job(job_id)
     job.update(state="queued", pid=None, resume=True, submitted=time.time())
     _write(job)
     ensure_worker()
@@ -91,9 +96,7 @@ def resume(job_id: str) -> dict:
 
 
 def cancel(job_id: str) -> dict:
-    job = _read(jobs_root() / f"{job_id}.json")
-    if job is None:
-        raise ValueError(f"job {job_id!r} not found under {jobs_root()}")
+    job = _job(job_id)
     running = job["state"] == "running" and _alive(job.get("pid"))
     if job["state"] in ("queued", "running"):
         job["state"] = "cancelled"  # written first, so the worker does not call it a failure
