@@ -1,9 +1,8 @@
 """Accuracy: the accuracy matrix, accuracy over tasks, forgetting; several runs overlaid."""
-import numpy as np
 import streamlit as st
 
 import ui
-from sdlora.analysis import accuracy_matrix_frame, accuracy_table, figures
+from sdlora.analysis import accuracy_matrix_frame, accuracy_table, curves_by_method, figures
 from sdlora.runs import RunFolder
 
 st.title("Accuracy")
@@ -50,15 +49,12 @@ def body() -> None:
     curves = [dict(label=r.id, method=r.metrics()["method"], metrics=r.metrics()) for r in runs]
     table = accuracy_table(runs)
     ui.show(figures.accuracy_curves(curves), table, "accuracy_curves")
-    finished = [r for r in runs if r.metrics()["tasks_done"] == r.metrics()["tasks"]]
-    by_method: dict[str, list] = {}
-    for r in finished:
-        by_method.setdefault(r.metrics()["method"], []).append(r.metrics()["seen_accuracy"])
-    same_length = {k: v for k, v in by_method.items() if len({len(x) for x in v}) == 1}
-    if any(len(v) > 1 for v in same_length.values()):
-        st.markdown("**Mean ± standard error over seeds** (finished runs of the same method)")
-        fig = figures.mean_curve_figure({k: np.array(v) for k, v in same_length.items()},
-                                        "Accuracy on all seen classes, mean ± s.e. over seeds")
+    curves = curves_by_method(runs)
+    if any(len(v) > 1 for v in curves.values()):
+        st.markdown("**Mean ± standard error over seeds** (finished runs of the same method; "
+                    "fixed-first-direction against lora is Fig. 2b/c)")
+        fig = figures.mean_curve_figure(curves, "Accuracy on all seen classes, mean ± s.e. "
+                                                "over seeds")
         ui.show(fig, None, "accuracy_mean")
     summary = table.groupby("method").agg(runs=("run", "nunique"), acc=("acc", "mean"),
                                           aaa=("aaa", "mean")).reset_index()

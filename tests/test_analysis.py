@@ -178,3 +178,11 @@ def test_analyse_cli_writes_html_and_csv(tiny_runs, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "sdlora", "analyse", str(runs["sd-lora"].path),
                           "--what", "everything"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--what ['everything'] not valid" in bad.stderr
+
+
+def test_curves_by_method_stacks_seeds(tiny_runs):
+    from sdlora.analysis import curves_by_method
+    runs, _ = tiny_runs
+    curves = curves_by_method(list(runs.values()))
+    assert set(curves) == {"sd-lora", "lora"} and curves["lora"].shape == (1, 3)
+    assert curves["lora"][0].tolist() == runs["lora"].metrics()["seen_accuracy"]

@@ -37,7 +37,7 @@ from ..config import TrainConfig
 from ..runs import RunError, RunFolder, atomic_write_json
 
 __all__ = [
-    "accuracy_matrix_frame", "accuracy_table", "cached", "efficiency", "interpolate", "magnitude_series",
+    "accuracy_matrix_frame", "accuracy_table", "curves_by_method", "cached", "efficiency", "interpolate", "magnitude_series",
     "magnitudes_at_task_end", "relative_distances", "residual_series", "residuals_at_task_end",
     "task_specific_weights",
 ]
@@ -97,6 +97,18 @@ def accuracy_table(runs: list[RunFolder]) -> pd.DataFrame:
                              seen_accuracy=seen, acc=m["acc"], aaa=m["aaa"]))
     return pd.DataFrame(rows, columns=["run", "method", "seed", "task", "seen_accuracy", "acc",
                                        "aaa"])
+
+
+def curves_by_method(runs: list[RunFolder]) -> dict[str, np.ndarray]:
+    """Seen accuracy after each task, stacked over the finished runs of each method (one row
+    per seed): the input of Fig. 2b/c's mean +- standard error bands (e.g. fixed-first-direction
+    against lora). Methods whose runs differ in task count are left out."""
+    groups: dict[str, list] = {}
+    for run in runs:
+        m = run.metrics(required=False)
+        if m and m["tasks_done"] == m["tasks"]:
+            groups.setdefault(m["method"], []).append(m["seen_accuracy"])
+    return {k: np.array(v) for k, v in groups.items() if len({len(x) for x in v}) == 1}
 
 
 # -- magnitudes (Fig. 3b/c, Fig. 6) ------------------------------------------------------------
