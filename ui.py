@@ -12,6 +12,22 @@ import streamlit as st
 
 from sdlora.runs import RunError, RunFolder, default_runs_root, list_runs
 
+def route_through_app() -> None:
+    """Make a page opened by its own URL on a fresh server run through app.py's navigation.
+
+    Streamlit treats an app with a ``pages/`` folder as an old-style multipage app until the
+    entry point has called ``st.navigation`` once; until then a visitor who opens ``/train``
+    directly gets the folder's bare page list and no shared sidebar. Every page imports this
+    module, so the first such run switches the flag that ``st.navigation`` would switch and
+    reruns, now through app.py.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 # Session-state keys (named once, used everywhere).
 SELECTED_RUN = "selected_run"
 COMPARE_RUNS = "compare_runs"

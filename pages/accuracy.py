@@ -5,6 +5,8 @@ import ui
 from sdlora.analysis import accuracy_matrix_frame, accuracy_table, curves_by_method, figures
 from sdlora.runs import RunFolder
 
+ui.route_through_app()  # a page opened by its own URL still runs through app.py
+
 st.title("Accuracy")
 st.markdown(
     "Row *i* of the accuracy matrix is the model after task *i*; column *j* is task *j*'s test "
@@ -58,6 +60,7 @@ def body() -> None:
         ui.show(fig, None, "accuracy_mean")
     summary = table.groupby("method").agg(runs=("run", "nunique"), acc=("acc", "mean"),
                                           aaa=("aaa", "mean")).reset_index()
+
     st.dataframe(summary, hide_index=True)
 
 

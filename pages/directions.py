@@ -8,6 +8,8 @@ from sdlora.analysis import (cached, figures, relative_distances, residual_serie
                              residuals_at_task_end, task_specific_weights)
 from sdlora.config import TrainConfig
 
+ui.route_through_app()  # a page opened by its own URL still runs through app.py
+
 st.title("Directions")
 st.markdown(
     "**Residual**: how much of the direction learned on the current task lies *outside* the "
@@ -49,6 +51,7 @@ def body() -> None:
         scope = st.radio("Weights", ["all", "qv"], horizontal=True,
                          format_func=lambda s: {"all": "every weight matrix",
                                                 "qv": "query and value only"}[s])
+
         matrix = np.array(value[scope])
         ui.show(figures.distance_heatmap(matrix, f"Relative distances ({scope})"),
                 pd.DataFrame(matrix), f"distances_{scope}")

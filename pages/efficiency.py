@@ -6,6 +6,9 @@ import ui
 from sdlora.analysis import cached, efficiency, figures
 from sdlora.runs import RunFolder
 
+
+ui.route_through_app()  # a page opened by its own URL still runs through app.py
+
 st.title("Efficiency")
 st.markdown(
     "What each method learns per task, what it stores after N tasks (SD-LoRA-KD stores fewer "

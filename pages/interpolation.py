@@ -6,6 +6,8 @@ import ui
 from sdlora.analysis import cached, figures, interpolate
 from sdlora.runs import RunFolder
 
+ui.route_through_app()  # a page opened by its own URL still runs through app.py
+
 st.title("Interpolation")
 st.markdown(
     "Walk the straight line in weight space from the model after task *t−1* (λ = 0) to the "
@@ -43,6 +45,7 @@ def body() -> None:
             bar = st.progress(0.0, text=f"{run.id}: evaluating {points} models on the line")
             records = cached(run, name, lambda: interpolate(run, task, points,
                                                             progress=bar.progress).to_dict("records"))
+
             bar.empty()
         else:
             records = cached(run, name, lambda: None)

@@ -4,6 +4,9 @@ import streamlit as st
 import ui
 from sdlora.analysis import figures, magnitude_series, magnitudes_at_task_end
 
+
+ui.route_through_app()  # a page opened by its own URL still runs through app.py
+
 st.title("Magnitudes")
 st.markdown(
     "One line per task's component: its magnitude α at every optimiser step; dashed lines "

@@ -4,6 +4,9 @@ import streamlit as st
 import ui
 from sdlora.analysis import figures, toy_landscape
 
+
+ui.route_through_app()  # a page opened by its own URL still runs through app.py
+
 st.title("SD-LoRA Lab")
 st.markdown(
     "A foundation model learns classes task after task and must not forget the earlier ones: "

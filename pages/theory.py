@@ -4,6 +4,9 @@ import streamlit as st
 import ui
 from sdlora.analysis import figures, matrix_factorisation_dynamics, toy_landscape
 
+
+ui.route_through_app()  # a page opened by its own URL still runs through app.py
+
 st.title("Theory")
 st.markdown(
     "**Theorem 1**: gradient descent on A B ≈ ΔW* from a small random start learns ΔW*'s "

@@ -12,6 +12,8 @@ from sdlora.data import DataError, benchmark_names
 from sdlora.presets import PRESETS, preset_config
 from sdlora.train import load_data, split_for
 
+ui.route_through_app()  # a page opened by its own URL still runs through app.py
+
 st.title("Train")
 st.markdown(
     "Runs train in a separate worker process, one after another, so this page never blocks: "
@@ -57,6 +59,7 @@ def submit(methods: list[str]) -> None:
             configs = [TrainConfig(benchmark=benchmark, backbone=backbone, tasks=int(tasks),
                                    epochs=int(epochs), lr=float(lr), rank=int(rank),
                                    **{**common, "method": m}) for m in methods]
+
         split_for(configs[0], load_data(configs[0]))  # data present, task count possible
     except (ConfigError, DataError, ValueError) as err:
         st.error(f"Not queued: {err}")

@@ -73,6 +73,10 @@ def test_train_in_browser_then_see_the_heatmap(server):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url + "/train")
         page.get_by_text("Queue selected method(s)").wait_for(timeout=60_000)
+        # Opened by its own URL on a fresh server, the page still runs through app.py: the
+        # navigation shows the pages' titles and the shared sidebar is there.
+        expect(page.get_by_text("Device:").first).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("link", name="Interpolation")).to_be_visible()
         # A short run: scikit-learn's digits, 2 tasks, 1 epoch.
         page.get_by_label("Benchmark").click()
         page.get_by_role("option", name="digits", exact=True).click()
