@@ -72,6 +72,8 @@ class IncrementalHead(nn.Module):
         super().__init__()
         self.in_features = in_features
         self.tasks = nn.ModuleList()
+        # Follows .to(device), so a task's rows are created where the model lives.
+        self.register_buffer("anchor", torch.zeros(0), persistent=False)
 
     @property
     def num_classes(self) -> int:
@@ -85,8 +87,7 @@ class IncrementalHead(nn.Module):
         with torch.no_grad():
             layer.weight.uniform_(-bound, bound, generator=generator)
             layer.bias.uniform_(-bound, bound, generator=generator)
-        device = next(iter(self.parameters()), layer.weight).device
-        self.tasks.append(layer.to(device))
+        self.tasks.append(layer.to(self.anchor.device))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.cat([layer(features) for layer in self.tasks], dim=1)  # (B, classes seen)
