@@ -18,14 +18,18 @@ def route_through_app() -> None:
     Streamlit treats an app with a ``pages/`` folder as an old-style multipage app until the
     entry point has called ``st.navigation`` once; until then a visitor who opens ``/train``
     directly gets the folder's bare page list and no shared sidebar. Every page imports this
-    module, so the first such run switches the flag that ``st.navigation`` would switch and
-    reruns, now through app.py.
+    module, so such a run switches the flag that ``st.navigation`` would switch, runs app.py
+    (its navigation, sidebar and this page, in this same run, so a button press is not lost)
+    and stops the folder-style run.
     """
+    import runpy
+
     from streamlit.runtime.pages_manager import PagesManager
 
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        runpy.run_path(str(Path(__file__).with_name("app.py")), run_name="__main__")
+        st.stop()
 
 
 # Session-state keys (named once, used everywhere).

@@ -78,7 +78,7 @@ def test_pages_with_runs(page, charts, demo_cache, monkeypatch):
 def test_half_finished_run_is_shown(demo_cache, monkeypatch):
     monkeypatch.setenv("SDLORA_CACHE", str(demo_cache))
     at = _open("accuracy")
-    # (AppTest drops st.navigation apps' sidebar widgets on reruns, so set the picker's state.)
+    # Choose the run as the sidebar picker would.
     at.session_state["selected_run"] = str(demo_cache / "runs" / "in-progress")
     at.run()
     assert not at.exception
