@@ -197,11 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pretrain", help="pretrain the embedded foundation model")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    try:
-        from .analysis.cli import add_parser as add_analyse
-        add_analyse(sub)
-    except ImportError:
-        pass
+    from .analysis.cli import add_parser as add_analyse
+    add_analyse(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     commands = dict(train=_cmd_train, runs=_cmd_runs, show=_cmd_show, pretrain=_cmd_pretrain,

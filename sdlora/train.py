@@ -180,14 +180,9 @@ class _Status:
         done = fields.get("global_step", 0)
         rate = (now - self.start) / max(self.steps_here, 1)
         eta = rate * max(self.total - done, 0) if self.steps_here else None
-        atomic_write_json(self.run.status_path, dict(state=state, updated=now, pid=_pid(),
+        atomic_write_json(self.run.status_path, dict(state=state, updated=now, pid=os.getpid(),
                                                      total_steps=self.total, eta_seconds=eta,
                                                      **fields))
-
-
-def _pid() -> int:
-    import os
-    return os.getpid()
 
 
 def train(config: TrainConfig | None = None, out: Path | str | None = None,

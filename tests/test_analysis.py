@@ -186,3 +186,15 @@ def test_curves_by_method_stacks_seeds(tiny_runs):
     curves = curves_by_method(list(runs.values()))
     assert set(curves) == {"sd-lora", "lora"} and curves["lora"].shape == (1, 3)
     assert curves["lora"][0].tolist() == runs["lora"].metrics()["seen_accuracy"]
+
+
+def test_task_specific_weights_and_their_distances(tiny_runs):
+    from sdlora.analysis import task_specific_weights
+    runs, bench = tiny_runs
+    config = TrainConfig(benchmark="digits", tasks=3, epochs=1, batch_size=12)
+    deltas = task_specific_weights(config, benchmark=bench)
+    assert len(deltas["all"]) == len(deltas["qv"]) == 3
+    assert deltas["qv"][0].size == 6 * 2 * 192 * 192  # the q and v slices of 6 blocks
+    matrix = relative_distances(deltas["all"])
+    assert np.isfinite(matrix).all() and (np.diag(matrix) == 0).all()
+    assert (matrix[~np.eye(3, dtype=bool)] > 0).all()
