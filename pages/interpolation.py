@@ -20,7 +20,7 @@ st.markdown(
 
 
 def body() -> None:
-    paths = [p for p in ui.runs_with_results() if RunFolder(p).completed_tasks() >= 2]
+    paths = sorted(p for p in ui.runs_with_results() if RunFolder(p).completed_tasks() >= 2)
     if not paths:
         st.info("Interpolation needs a run with at least two finished tasks. " 
                 "Queue *vanilla LoRA vs SD-LoRA* on the **Train** page.")

@@ -171,7 +171,8 @@ def interpolation_figure(panels: dict[str, pd.DataFrame], task: int) -> go.Figur
 
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels), shared_yaxes=True)
     for col, (label, frame) in enumerate(panels.items(), start=1):
-        for key, colour, name in (("old", "#555", f"tasks 1-{task - 1}"),
+        old = f"tasks 1-{task - 1}" if task > 2 else "task 1"
+        for key, colour, name in (("old", "#555", old),
                                   ("new", task_colour(task), f"task {task}")):
             fig.add_trace(go.Scatter(x=frame["lambda"], y=frame[key], mode="lines+markers",
                                      name=name, line=dict(color=colour), showlegend=col == 1,
