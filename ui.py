@@ -84,7 +84,7 @@ def sidebar() -> None:
         paths = runs_with_results()
         if paths:
             current = st.session_state.get(SELECTED_RUN)
-            index = paths.index(current) if current in paths else 0
+            index = paths.index(current) if current in paths else _default_index(paths)
             st.selectbox("Run", paths, index=index, key=SELECTED_RUN, format_func=label,
                          help="The run the single-run pages show.")
         if torch.cuda.is_available():
@@ -93,12 +93,21 @@ def sidebar() -> None:
             st.caption("Device: CPU (no CUDA device found)")
 
 
+def _default_index(paths: list[str]) -> int:
+    """Your newest run first; with only the demo runs, SD-LoRA's first seed."""
+    table = run_table().set_index("path")
+    demo_sd = [i for i, p in enumerate(paths) if Path(p).parent.name == "demo"
+               and table.loc[p, "method"] == "sd-lora"]
+    ours = [i for i, p in enumerate(paths) if Path(p).parent.name != "demo"]
+    return ours[0] if ours else (sorted(demo_sd, key=lambda i: paths[i])[0] if demo_sd else 0)
+
+
 def selected_run() -> RunFolder | None:
     paths = runs_with_results()
     if not paths:
         return None
     path = st.session_state.get(SELECTED_RUN)
-    return RunFolder(path if path in paths else paths[0])
+    return RunFolder(path if path in paths else paths[_default_index(paths)])
 
 
 def download_buttons(fig, frame: pd.DataFrame | None, name: str) -> None:
