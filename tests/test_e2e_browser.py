@@ -78,10 +78,10 @@ def test_train_in_browser_then_see_the_heatmap(server):
         expect(page.get_by_text("Device:").first).to_be_visible(timeout=30_000)
         expect(page.get_by_role("link", name="Interpolation")).to_be_visible()
         # A short run: scikit-learn's digits, 2 tasks, 1 epoch.
-        page.get_by_label("Benchmark").click()
+        page.get_by_role("combobox", name="Benchmark", exact=True).click()
         page.get_by_role("option", name="digits", exact=True).click()
         for label, value in (("Tasks", "2"), ("Epochs per task", "1")):
-            box = page.get_by_label(label)
+            box = page.get_by_label(label, exact=True)
             box.fill(value)
         page.get_by_text("Queue selected method(s)").click()
         page.get_by_text("Queued").first.wait_for(timeout=30_000)
