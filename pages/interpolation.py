@@ -41,14 +41,13 @@ def body() -> None:
     for p in chosen:
         run = RunFolder(p)
         name = f"interpolation_task{task}_{points}"
-        if not (run.analyses_dir / f"{name}.json").exists():
-            bar = st.progress(0.0, text=f"{run.id}: evaluating {points} models on the line")
-            records = cached(run, name, lambda: interpolate(run, task, points,
-                                                            progress=bar.progress).to_dict("records"))
-
+        fresh = not (run.analyses_dir / f"{name}.json").exists()
+        bar = st.progress(0.0, text=f"{run.id}: evaluating {points} models on the line") \
+            if fresh else None
+        records = cached(run, name, lambda: interpolate(
+            run, task, points, progress=bar.progress if bar else None).to_dict("records"))
+        if bar:
             bar.empty()
-        else:
-            records = cached(run, name, lambda: None)
         panels[f"{methods[p]}: {run.id}"] = pd.DataFrame(records)
     fig = figures.interpolation_figure(panels, task)
     frame = pd.concat([f.assign(run=k) for k, f in panels.items()])
