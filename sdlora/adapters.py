@@ -228,9 +228,11 @@ class QVAdapter(nn.Module):
             out = out + update
         return out
 
-    def qkv_weights(self, base: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Compose each block's qkv weight (3d, d): W0 with the q and v slices updated."""
-        delta = self.delta().view(self.depth, 2, self.dim, self.dim)  # (blocks, q|v, m, n)
+    def qkv_weights(self, base: list[torch.Tensor], delta: torch.Tensor | None = None,
+                    ) -> list[torch.Tensor]:
+        """Compose each block's qkv weight (3d, d): W0 with the q and v slices updated by
+        `delta` (P, m, n), by default this adapter's Eqn. 4 update."""
+        delta = (self.delta() if delta is None else delta).view(self.depth, 2, self.dim, self.dim)
         d = self.dim
         return [torch.cat([w[:d] + delta[i, 0], w[d:2 * d], w[2 * d:] + delta[i, 1]])
                 for i, w in enumerate(base)]

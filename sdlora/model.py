@@ -148,14 +148,11 @@ class ContinualViT(nn.Module):
         adapter = self.adapter
         current = adapter.current
         frozen = adapter.frozen_components
-        P, d = adapter.num_projections, adapter.dim
         delta = adapter.A[current.key] @ adapter.B[current.key]  # (P, m, n)
         if frozen:
             alpha = torch.stack([adapter.magnitude[c.key] for c in frozen])
             delta = delta + torch.einsum("k,kpmn->pmn", alpha, adapter.frozen_directions)
-        delta = delta.view(adapter.depth, 2, d, d)
-        return {n: torch.cat([w[:d] + delta[i, 0], w[d:2 * d], w[2 * d:] + delta[i, 1]])
-                for i, (n, w) in enumerate(zip(self.qkv_names, base))}
+        return dict(zip(self.qkv_names, adapter.qkv_weights(base, delta)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std  # (B, 3, H, W)

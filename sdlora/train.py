@@ -280,7 +280,8 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
     """Train one task; writes its step log; returns what end_task reported."""
     classes = split.task_classes(task)
     model.begin_task(task, len(classes), generator)
-    optimizer = _optimizer(model.trainable_parameters(), config)
+    groups = model.trainable_parameters()
+    optimizer = _optimizer(groups, config)
     data = split.task_data(benchmark.train, task)
     data = data.with_labels(data.labels - classes.start)
     if isinstance(data, ArrayDataset):
@@ -292,7 +293,7 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
     ctx = context()
     log_path = run.steps_path(task) if ctx.is_main else Path(os.devnull)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    params = [p for group in model.trainable_parameters().values() for p in group]
+    params = [p for group in groups.values() for p in group]
     bar = tqdm(total=total, desc=f"task {task + 1}/{config.tasks}", disable=not progress,
                leave=False)
     step = 0
