@@ -3,8 +3,10 @@
 Measured side by side in one run, interleaved (round-robin over the settings, median of the
 repeats), on the embedded ViT:
 
-1. SD-LoRA training step (forward, backward, Adam step; batch 64) with 0, 19 and 99 earlier
-   frozen components: ratio to the task-1 step.
+1. SD-LoRA training step as the training loop takes it (forward, backward, Adam step, the
+   frozen magnitudes in `sdlora.fused`'s single pass; batch 64) with 0, 19 and 99 earlier frozen
+   components: ratio to the task-1 step. Beside it, the same model with autograd and torch.optim
+   handling the frozen magnitudes too (two passes over the frozen directions per step).
 2. The released code's way: one low-rank branch per earlier component on every token, at the
    same task counts: ratio to its own task-1 step.
 3. Inference: `ContinualViT.merged()` after 100 tasks against the plain timm ViT: ratio.
@@ -84,20 +86,42 @@ def released_at(tasks: int, device) -> nn.Module:
     return model, forward
 
 
-def step_timer(model: nn.Module, forward, batch: torch.Tensor, labels: torch.Tensor):
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=1e-4)
+def step_timer(model: nn.Module, forward, batch: torch.Tensor, labels: torch.Tensor,
+               fused=None):
+    """One training step: forward, backward, Adam. With `fused` (the training loop's way), the
+    frozen magnitudes step in `sdlora.fused.FrozenMagnitudes`' single pass; without it,
+    autograd and torch.optim.Adam handle them (two passes over the frozen directions)."""
+    skip = fused.params if fused is not None else []
+    params = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in skip)]
+    optimizers = [torch.optim.Adam(params, lr=1e-4)] + ([fused] if fused is not None else [])
 
     def step() -> float:
         start = time.perf_counter()
         loss = F.cross_entropy(forward(batch), labels)
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
         if batch.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
     return step
+
+
+def pass_timer(fused):
+    """The one part of a step whose work grows with the tasks: the fused pass over the frozen
+    directions (gradients of the frozen magnitudes, their Adam step, the new cached sum)."""
+    grad = torch.randn_like(fused.sum)
+
+    def run() -> float:
+        fused.sum.grad = grad
+        start = time.perf_counter()
+        fused.step()
+        if grad.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+    return run
 
 
 def inference_timer(forward, batch):
@@ -138,7 +162,15 @@ def main() -> None:
     for n in args.tasks:
         m = sd_lora_at(n, device)
         m.trainable_parameters()
-        timers[f"sd-lora@{n}"] = step_timer(m, lambda b, m=m: m(b)[:, -4:], x, y)
+        timers[f"autograd@{n}"] = step_timer(m, lambda b, m=m: m(b)[:, -4:], x, y)
+        m = sd_lora_at(n, device)
+        m.trainable_parameters()
+        fused = m.fuse_frozen()
+        timers[f"sd-lora@{n}"] = step_timer(m, lambda b, m=m: m(b)[:, -4:], x, y, fused)
+        if fused is not None:
+            probe = sd_lora_at(n, device)
+            probe.trainable_parameters()
+            timers[f"pass@{n}"] = pass_timer(probe.fuse_frozen())
         released, fwd = released_at(n, device)
         timers[f"released@{n}"] = step_timer(released, lambda b, f=fwd: f(b)[:, -4:], x, y)
     final = sd_lora_at(max(args.tasks), device).eval()
@@ -153,11 +185,19 @@ def main() -> None:
     print(f"device {device}, batch {args.batch}, median of {args.repeats} x {args.inner}, "
           f"torch threads {torch.get_num_threads()}")
     first = min(args.tasks)
-    print(f"{'tasks':>6} {'SD-LoRA step ms':>16} {'ratio':>6} {'released-style ms':>18} {'ratio':>6}")
+    print(f"{'tasks':>6} {'SD-LoRA step ms':>16} {'ratio':>6} {'autograd-only ms':>17} "
+          f"{'ratio':>6} {'released-style ms':>18} {'ratio':>6}")
     for n in args.tasks:
-        a, b = t[f"sd-lora@{n}"], t[f"released@{n}"]
-        print(f"{n:>6} {1e3 * a:16.1f} {a / t[f'sd-lora@{first}']:6.3f} {1e3 * b:18.1f} "
+        a, c, b = t[f"sd-lora@{n}"], t[f"autograd@{n}"], t[f"released@{n}"]
+        print(f"{n:>6} {1e3 * a:16.1f} {a / t[f'sd-lora@{first}']:6.3f} {1e3 * c:17.1f} "
+              f"{c / t[f'autograd@{first}']:6.3f} {1e3 * b:18.1f} "
               f"{b / t[f'released@{first}']:6.3f}")
+    base = t[f"sd-lora@{first}"]
+    print("the work that grows with the tasks (frozen magnitudes' fused pass), timed alone:")
+    for n in args.tasks:
+        if f"pass@{n}" in t:
+            print(f"{n:>6} tasks: {1e3 * t[f'pass@{n}']:.1f} ms = "
+                  f"{100 * t[f'pass@{n}'] / base:.1f}% of the task-{first} step")
     p, mg, um = t["infer plain timm ViT"], t["infer merged"], t["infer unmerged"]
     print(f"inference after {max(args.tasks)} tasks: merged {1e3 * mg:.1f} ms, plain timm ViT "
           f"{1e3 * p:.1f} ms, ratio {mg / p:.3f}; unmerged {1e3 * um:.1f} ms ({um / p:.3f})")

@@ -87,6 +87,18 @@ def least_squares_residual(target: torch.Tensor, basis: torch.Tensor,
     return coef.to(target.dtype), float(residual)
 
 
+def _inner_products(rows: torch.Tensor, vectors: torch.Tensor,
+                    chunk_bytes: int = 16 << 20) -> torch.Tensor:
+    """rows (K, N) float32 against vectors (V, N) float64: (K, V) in float64, converting the
+    rows a chunk at a time (never a float64 copy of the whole buffer)."""
+    K, N = rows.shape
+    out = torch.empty(K, vectors.shape[0], dtype=torch.float64, device=rows.device)
+    step = max(1, chunk_bytes // (8 * N))
+    for start in range(0, K, step):
+        out[start:start + step] = rows[start:start + step].double() @ vectors.T
+    return out
+
+
 @dataclass
 class Component:
     """One low-rank component: its task (0-based), rank, and whether it still trains."""
@@ -125,6 +137,10 @@ class QVAdapter(nn.Module):
         # Derived from A and B, so not saved with the state dict.
         self.register_buffer("frozen_directions", torch.zeros(0, 2 * depth, dim, dim),
                              persistent=False)
+        # While a task trains: sum_k alpha_k D_k over the frozen components, cached and kept up
+        # to date by `sdlora.fused.FrozenMagnitudes` (None: computed from the magnitudes).
+        self.frozen_sum: torch.Tensor | None = None
+        self._gram: torch.Tensor | None = None  # (K, K) float64 Gram matrix of the buffer
 
     # -- structure -------------------------------------------------------------------------
     @property
@@ -169,8 +185,16 @@ class QVAdapter(nn.Module):
         A, B = self.A[key], self.B[key]
         return normalise(A @ B, A, B, self.normalisation)
 
+    def _directions_change(self, rebuilt: bool = False) -> None:
+        if self.frozen_sum is not None:
+            raise RuntimeError("the frozen components change while a FrozenMagnitudes step "
+                               "caches their sum; close() it first")
+        if rebuilt:
+            self._gram = None  # freezing only appends rows, which residual_of_current adds
+
     def freeze_current(self) -> None:
         """Freeze the current component: its direction joins the dense buffer."""
+        self._directions_change()
         component = self.current
         if component is None:
             return
@@ -183,6 +207,7 @@ class QVAdapter(nn.Module):
 
     def drop_current(self) -> Component:
         """Remove the current component (SD-LoRA-KD after absorbing it)."""
+        self._directions_change()
         component = self.current
         if component is None:
             raise RuntimeError("no trainable component to drop")
@@ -194,6 +219,7 @@ class QVAdapter(nn.Module):
 
     def rebuild_frozen_directions(self) -> None:
         """Recompute the dense buffer from the factors (after loading a checkpoint)."""
+        self._directions_change(rebuilt=True)
         with torch.no_grad():
             directions = [self.direction(c.key) for c in self.frozen_components]
         P, d = self.num_projections, self.dim
@@ -209,17 +235,23 @@ class QVAdapter(nn.Module):
         values = torch.stack([self.magnitude[c.key].detach() for c in with_magnitude]).tolist()
         return {str(c.task + 1): v for c, v in zip(with_magnitude, values)}
 
+    def frozen_delta(self) -> torch.Tensor:
+        """sum_k alpha_k D_k over the frozen components (P, m, n); the cached sum while a
+        `FrozenMagnitudes` step keeps one, else computed (differentiably) from the magnitudes."""
+        if self.frozen_sum is not None:
+            return self.frozen_sum
+        P, d = self.num_projections, self.dim
+        frozen = self.frozen_components
+        if not frozen:
+            return self.frozen_directions.new_zeros(P, d, d)
+        if not self.use_magnitudes:
+            return self.frozen_directions.sum(0)
+        alpha = torch.stack([self.magnitude[c.key] for c in frozen])  # (K,)
+        return torch.einsum("k,kpmn->pmn", alpha, self.frozen_directions)
+
     def delta(self) -> torch.Tensor:
         """sum_k alpha_k * normalised(A_k B_k) for every projection: (P, m, n)."""
-        P, d = self.num_projections, self.dim
-        out = self.frozen_directions.new_zeros(P, d, d)
-        frozen = self.frozen_components
-        if frozen:
-            if self.use_magnitudes:
-                alpha = torch.stack([self.magnitude[c.key] for c in frozen])  # (K,)
-                out = out + torch.einsum("k,kpmn->pmn", alpha, self.frozen_directions)
-            else:
-                out = out + self.frozen_directions.sum(0)
+        out = self.frozen_delta()
         current = self.current
         if current is not None:
             update = self.direction(current.key)  # (P, m, n)
@@ -237,14 +269,36 @@ class QVAdapter(nn.Module):
         return [torch.cat([w[:d] + delta[i, 0], w[d:2 * d], w[2 * d:] + delta[i, 1]])
                 for i, w in enumerate(base)]
 
+    @torch.no_grad()
     def residual_of_current(self) -> float:
-        """Eqn. 7 residual of the current direction against the frozen ones (see
-        `least_squares_residual`); 1.0 when there is no earlier direction."""
+        """Eqn. 7 residual of the current direction against the frozen ones (the quantity of
+        `least_squares_residual`), for the step logs: through the K x K Gram matrix of the
+        frozen directions, extended by a row when a direction freezes, so a call costs one
+        float64 pass over the buffer (K inner products) instead of a least-squares solve over
+        P*m*n rows. 1.0 when there is no earlier direction."""
         current = self.current
         if current is None:
             raise RuntimeError("no trainable component")
-        with torch.no_grad():
-            return least_squares_residual(self.direction(current.key), self.frozen_directions)[1]
+        y = self.direction(current.key).reshape(-1).double()
+        K = self.frozen_directions.shape[0]
+        if K == 0:
+            return 1.0
+        flat = self.frozen_directions.view(K, -1)
+        known = 0 if self._gram is None else self._gram.shape[0]
+        if known < K:  # extend the Gram matrix by the rows of directions frozen since
+            gram = torch.zeros(K, K, dtype=torch.float64)
+            if known:
+                gram[:known, :known] = self._gram
+            new = torch.cat([_inner_products(flat, flat[j:j + 8].double())
+                             for j in range(known, K, 8)], dim=1)  # (K, K - known)
+            gram[:, known:] = new.cpu()
+            gram[known:, :] = new.cpu().T
+            self._gram = gram
+        b = _inner_products(flat, y[None]).squeeze(1).cpu()  # (K,) <D_k, y>
+        coef = torch.linalg.lstsq(self._gram, b.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+        yy = float(y @ y)
+        squared = max(yy - float(b @ coef), 0.0)
+        return (squared / yy) ** 0.5
 
     # -- checkpoints -----------------------------------------------------------------------
     def layout(self) -> list[dict]:

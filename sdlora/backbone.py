@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
-import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["BackboneSpec", "EMBEDDED", "EMBEDDED_WEIGHTS", "create_backbone", "BACKBONES",

@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from .adapters import QVAdapter, least_squares_residual
+from .fused import FrozenMagnitudes
 from .config import TrainConfig
 
 __all__ = ["ContinualViT", "IncrementalHead", "MethodTraits", "TRAITS", "RELEASED_MAGNITUDE"]
@@ -150,8 +151,7 @@ class ContinualViT(nn.Module):
         frozen = adapter.frozen_components
         delta = adapter.A[current.key] @ adapter.B[current.key]  # (P, m, n)
         if frozen:
-            alpha = torch.stack([adapter.magnitude[c.key] for c in frozen])
-            delta = delta + torch.einsum("k,kpmn->pmn", alpha, adapter.frozen_directions)
+            delta = delta + adapter.frozen_delta()
         return dict(zip(self.qkv_names, adapter.qkv_weights(base, delta)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,6 +241,19 @@ class ContinualViT(nn.Module):
                 p.requires_grad_(any(p is q for q in params))
             groups["adapter"] = params
         return groups
+
+    def fuse_frozen(self, chunk_bytes: int | None = 8 << 20) -> FrozenMagnitudes | None:
+        """After `trainable_parameters`: the fused step of the frozen components' magnitudes
+        (`sdlora.fused`), which caches their sum for the forward pass. Its parameters must be
+        left out of the other optimiser; `close()` it before `end_task`. None when the method
+        has no frozen component with a magnitude."""
+        adapter, cfg = self.adapter, self.config
+        if adapter is None or not adapter.use_magnitudes or not adapter.frozen_components:
+            return None
+        trains = adapter.magnitude[adapter.frozen_components[0].key].requires_grad
+        return FrozenMagnitudes(adapter, trains=trains, optimizer=cfg.optimizer, lr=cfg.lr,
+                                weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                chunk_bytes=chunk_bytes)
 
     # -- inference -------------------------------------------------------------------------
     @torch.no_grad()

@@ -281,59 +281,74 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
     classes = split.task_classes(task)
     model.begin_task(task, len(classes), generator)
     groups = model.trainable_parameters()
+    # The frozen components' magnitudes step in one fused pass with their gradients
+    # (sdlora/fused.py); everything else through torch.optim.
+    fused = model.fuse_frozen()
+    if fused is not None and "adapter" in groups:
+        groups["adapter"] = [p for p in groups["adapter"] if all(p is not q for q in fused.params)]
     optimizer = _optimizer(groups, config)
+    optimizers = [optimizer] + ([fused] if fused is not None and fused.trains else [])
     data = split.task_data(benchmark.train, task)
     data = data.with_labels(data.labels - classes.start)
     if isinstance(data, ArrayDataset):
         data = ArrayDataset(data.images.to(device), data.labels.to(device))
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total = config.epochs * steps_per_epoch
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
-                 if config.schedule == "cosine" else None)
+    schedulers = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, total) for o in optimizers]
+                  if config.schedule == "cosine" else [])
     ctx = context()
     log_path = run.steps_path(task) if ctx.is_main else Path(os.devnull)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     params = [p for group in groups.values() for p in group]
+    params += fused.grad_tensors if fused is not None else []
     bar = tqdm(total=total, desc=f"task {task + 1}/{config.tasks}", disable=not progress,
                leave=False)
     step = 0
     with open(log_path, "w") as steps_log:
-        for epoch in range(config.epochs):
-            model.train()
-            order = torch.randperm(len(data), generator=generator)
-            start = time.perf_counter()
-            for x, y in batches(data, config.batch_size, device, order, config.num_workers, ctx):
-                with _autocast(device, config.amp):
-                    logits = model(x)[:, classes.start:classes.stop]  # current task only
-                loss = F.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                average_gradients(params, len(y), ctx)
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                seconds = time.perf_counter() - start
-                record = dict(task=task, epoch=epoch, step=step, global_step=global_step + step,
-                              loss=round(loss.item(), 6), lr=optimizer.param_groups[0]["lr"],
-                              seconds=round(seconds, 5))
-                if model.adapter is not None and model.adapter.use_magnitudes:
-                    record["magnitudes"] = model.adapter.magnitudes()
-                if (config.residual_every and model.adapter is not None and model.adapter.current
-                        is not None and model.adapter.frozen_components
-                        and step % config.residual_every == 0):
-                    record["residual"] = model.adapter.residual_of_current()
-                steps_log.write(json.dumps(record) + "\n")
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                status.steps_here += 1
-                status.write("running", task=task, tasks=config.tasks, epoch=epoch,
-                             epochs=config.epochs, step=step, steps=total,
-                             global_step=global_step + step, loss=loss.item(),
-                             magnitudes=record.get("magnitudes", {}))
+        try:
+            for epoch in range(config.epochs):
+                model.train()
+                order = torch.randperm(len(data), generator=generator)
                 start = time.perf_counter()
+                for x, y in batches(data, config.batch_size, device, order, config.num_workers,
+                                    ctx):
+                    with _autocast(device, config.amp):
+                        logits = model(x)[:, classes.start:classes.stop]  # current task only
+                    loss = F.cross_entropy(logits.float(), y)
+                    for o in optimizers:
+                        o.zero_grad(set_to_none=True)
+                    loss.backward()
+                    average_gradients(params, len(y), ctx)
+                    for o in optimizers:
+                        o.step()
+                    for scheduler in schedulers:
+                        scheduler.step()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    seconds = time.perf_counter() - start
+                    record = dict(task=task, epoch=epoch, step=step,
+                                  global_step=global_step + step, loss=round(loss.item(), 6),
+                                  lr=optimizer.param_groups[0]["lr"], seconds=round(seconds, 5))
+                    adapter = model.adapter
+                    if adapter is not None and adapter.use_magnitudes:
+                        record["magnitudes"] = adapter.magnitudes()
+                    if (config.residual_every and adapter is not None and adapter.current
+                            is not None and adapter.frozen_components
+                            and step % config.residual_every == 0):
+                        record["residual"] = adapter.residual_of_current()
+                    steps_log.write(json.dumps(record) + "\n")
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                    status.steps_here += 1
+                    status.write("running", task=task, tasks=config.tasks, epoch=epoch,
+                                 epochs=config.epochs, step=step, steps=total,
+                                 global_step=global_step + step, loss=loss.item(),
+                                 magnitudes=record.get("magnitudes", {}))
+                    start = time.perf_counter()
+        finally:
+            if fused is not None:  # the magnitudes are written back every step
+                fused.close()
         bar.close()
         info = model.end_task()
         if model.adapter is not None and model.adapter.use_magnitudes:

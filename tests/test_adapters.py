@@ -210,3 +210,82 @@ def test_rank_schedule_eqn6():
                       rr_ranks=(7, 5, 2))
     assert [cfg.rank_for_task(t) for t in range(5)] == [7, 5, 2, 2, 2]
     assert TrainConfig(method="sd-lora", rank=4).rank_for_task(9) == 4
+
+
+def _adapter_with_frozen(K: int, dim: int = 6, depth: int = 2, seed: int = 0) -> QVAdapter:
+    adapter = QVAdapter(dim=dim, depth=depth)
+    g = torch.Generator().manual_seed(seed)
+    for t in range(K):
+        adapter.add_component(t, 2, g, magnitude=1.0 + 0.1 * t)
+        adapter.freeze_current()
+    adapter.add_component(K, 2, g, magnitude=0.0)
+    return adapter
+
+
+@pytest.mark.parametrize("optimizer,weight_decay,chunk", [
+    ("adam", 0.0, 1), ("adam", 0.01, None), ("sgd", 0.0, 2), ("sgd", 0.01, 1)])
+def test_fused_step_matches_torch_optim(optimizer, weight_decay, chunk):
+    """The fused pass (one read of the frozen directions per step) takes the same steps as
+    torch.optim's Adam / SGD on the magnitudes with autograd's gradients, and keeps the cached
+    sum equal to sum_k alpha_k D_k."""
+    from sdlora.fused import FrozenMagnitudes, frozen_sum
+
+    K = 5
+    reference, fused_adapter = _adapter_with_frozen(K), _adapter_with_frozen(K)
+    frozen = [reference.magnitude[c.key] for c in reference.frozen_components]
+    kwargs = dict(lr=0.05, weight_decay=weight_decay)
+    torch_opt = (torch.optim.Adam(frozen, **kwargs) if optimizer == "adam"
+                 else torch.optim.SGD(frozen, momentum=0.9, **kwargs))
+    chunk_bytes = None if chunk is None else chunk * fused_adapter.frozen_directions[0].numel() * 4
+    fused = FrozenMagnitudes(fused_adapter, optimizer=optimizer, chunk_bytes=chunk_bytes, **kwargs)
+    assert fused.chunk == (K if chunk is None else chunk)
+    g = torch.Generator().manual_seed(1)
+    for step in range(6):
+        target = torch.randn(4, 6, 6, generator=g)  # a loss whose gradient changes with alpha
+        for adapter, opt in ((reference, torch_opt), (fused_adapter, fused)):
+            opt.zero_grad()
+            loss = ((adapter.delta() - target) ** 2).sum() * (step + 1)
+            loss.backward()
+            opt.step()
+        got = torch.stack([fused_adapter.magnitude[c.key] for c in fused_adapter.frozen_components])
+        torch.testing.assert_close(got, torch.stack(frozen).detach(), rtol=1e-5, atol=1e-6)
+        assert not torch.equal(got, torch.tensor([1.0 + 0.1 * t for t in range(K)]))
+        torch.testing.assert_close(fused.sum.detach(),
+                                   frozen_sum(got, fused_adapter.frozen_directions))
+    fused.close()
+    assert fused_adapter.frozen_sum is None
+    torch.testing.assert_close(fused_adapter.delta(), reference.delta(), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_sum_blocks_changes_to_the_frozen_set():
+    from sdlora.fused import FrozenMagnitudes
+
+    adapter = _adapter_with_frozen(2)
+    fused = FrozenMagnitudes(adapter)
+    with pytest.raises(RuntimeError, match="close"):
+        adapter.freeze_current()
+    fused.close()
+    adapter.freeze_current()
+    assert adapter.frozen_directions.shape[0] == 3
+
+
+def test_gram_residual_equals_least_squares():
+    """The step logs' residual (through the cached Gram matrix, extended as directions freeze)
+    is Eqn. 7's least-squares residual."""
+    adapter = _adapter_with_frozen(3)
+    for _ in range(2):
+        direction = adapter.direction(adapter.current.key).detach()
+        expected = least_squares_residual(direction, adapter.frozen_directions)[1]
+        assert 0.5 < expected < 1.0
+        assert adapter.residual_of_current() == pytest.approx(expected, rel=1e-9, abs=1e-9)
+        adapter.freeze_current()
+        adapter.add_component(len(adapter.components), 2, torch.Generator().manual_seed(5))
+    assert adapter._gram.shape == (4, 4)
+    # a direction in the span of the earlier ones: residual ~ 0 through the Gram route too
+    with torch.no_grad():
+        mix = 0.3 * adapter.frozen_directions[0] - 0.7 * adapter.frozen_directions[2]
+        key = adapter.current.key
+        adapter.A[key].zero_()
+        adapter.B[key].zero_()
+    adapter.direction = lambda k, mix=mix: mix  # the target as if A B had learned it
+    assert adapter.residual_of_current() < 1e-6
