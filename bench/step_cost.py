@@ -7,9 +7,13 @@ repeats), on the embedded ViT:
    frozen magnitudes in `sdlora.fused`'s single pass; batch 64) with 0, 19 and 99 earlier frozen
    components: ratio to the task-1 step. Beside it, the same model with autograd and torch.optim
    handling the frozen magnitudes too (two passes over the frozen directions per step).
-2. The released code's way: one low-rank branch per earlier component on every token, at the
+2. The work in a step that grows with the tasks, timed alone: the fused pass (the magnitudes'
+   gradients, their Adam step and the new cached sum), as a share of the task-1 step. This is
+   the floor for an exact method: every frozen direction must be read once a step to get its
+   magnitude's gradient.
+3. The released code's way: one low-rank branch per earlier component on every token, at the
    same task counts: ratio to its own task-1 step.
-3. Inference: `ContinualViT.merged()` after 100 tasks against the plain timm ViT: ratio.
+4. Inference: `ContinualViT.merged()` after 100 tasks against the plain timm ViT: ratio.
 
     python bench/step_cost.py [--batch 64] [--repeats 7] [--device cpu]
 """
@@ -135,14 +139,21 @@ def inference_timer(forward, batch):
     return run
 
 
-def interleaved(timers: dict, repeats: int, inner: int) -> dict[str, float]:
+def interleaved(timers: dict, repeats: int, inner: int) -> dict[str, list[float]]:
+    """Round-robin: every round times each setting once (mean of `inner` calls), so settings
+    compared with each other are measured seconds apart; returns each setting's rounds."""
     for timer in timers.values():  # warm-up
         timer()
     samples = {k: [] for k in timers}
     for _ in range(repeats):
         for name, timer in timers.items():
             samples[name].append(sum(timer() for _ in range(inner)) / inner)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
+
+
+def ratio(samples: dict, name: str, reference: str) -> float:
+    """Median over rounds of the per-round ratio: slow drifts of the machine cancel."""
+    return statistics.median(a / b for a, b in zip(samples[name], samples[reference]))
 
 
 def main() -> None:
@@ -159,20 +170,21 @@ def main() -> None:
     y = torch.randint(0, 4, (args.batch,), device=device)
 
     timers = {}
-    for n in args.tasks:
-        m = sd_lora_at(n, device)
-        m.trainable_parameters()
-        timers[f"autograd@{n}"] = step_timer(m, lambda b, m=m: m(b)[:, -4:], x, y)
-        m = sd_lora_at(n, device)
-        m.trainable_parameters()
-        fused = m.fuse_frozen()
-        timers[f"sd-lora@{n}"] = step_timer(m, lambda b, m=m: m(b)[:, -4:], x, y, fused)
-        if fused is not None:
-            probe = sd_lora_at(n, device)
-            probe.trainable_parameters()
-            timers[f"pass@{n}"] = pass_timer(probe.fuse_frozen())
-        released, fwd = released_at(n, device)
-        timers[f"released@{n}"] = step_timer(released, lambda b, f=fwd: f(b)[:, -4:], x, y)
+    for kind in ("sd-lora", "autograd", "pass", "released"):
+        for n in args.tasks:
+            if kind == "released":
+                released, fwd = released_at(n, device)
+                timers[f"released@{n}"] = step_timer(released, lambda b, f=fwd: f(b)[:, -4:],
+                                                     x, y)
+                continue
+            m = sd_lora_at(n, device)
+            m.trainable_parameters()
+            fused = m.fuse_frozen() if kind != "autograd" else None
+            if kind == "pass":
+                if fused is not None:
+                    timers[f"pass@{n}"] = pass_timer(fused)
+                continue
+            timers[f"{kind}@{n}"] = step_timer(m, lambda b, m=m: m(b)[:, -4:], x, y, fused)
     final = sd_lora_at(max(args.tasks), device).eval()
     merged = final.merged().eval()
     plain = build_model(TrainConfig(method="frozen", benchmark="digits"), device).backbone.eval()
@@ -180,18 +192,20 @@ def main() -> None:
     timers["infer merged"] = inference_timer(merged, x)
     timers["infer plain timm ViT"] = inference_timer(plain, x)
     timers["infer unmerged"] = inference_timer(final, x)
-    t = interleaved(timers, args.repeats, args.inner)
+    samples = interleaved(timers, args.repeats, args.inner)
+    t = {k: statistics.median(v) for k, v in samples.items()}
 
-    print(f"device {device}, batch {args.batch}, median of {args.repeats} x {args.inner}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(f"device {device}, batch {args.batch}, median of {args.repeats} rounds x "
+          f"{args.inner}, torch threads {torch.get_num_threads()}; ratio = median over rounds "
+          f"of the per-round ratio to the task-{min(args.tasks)} step")
     first = min(args.tasks)
     print(f"{'tasks':>6} {'SD-LoRA step ms':>16} {'ratio':>6} {'autograd-only ms':>17} "
           f"{'ratio':>6} {'released-style ms':>18} {'ratio':>6}")
     for n in args.tasks:
         a, c, b = t[f"sd-lora@{n}"], t[f"autograd@{n}"], t[f"released@{n}"]
-        print(f"{n:>6} {1e3 * a:16.1f} {a / t[f'sd-lora@{first}']:6.3f} {1e3 * c:17.1f} "
-              f"{c / t[f'autograd@{first}']:6.3f} {1e3 * b:18.1f} "
-              f"{b / t[f'released@{first}']:6.3f}")
+        print(f"{n:>6} {1e3 * a:16.1f} {ratio(samples, f'sd-lora@{n}', f'sd-lora@{first}'):6.3f} "
+              f"{1e3 * c:17.1f} {ratio(samples, f'autograd@{n}', f'autograd@{first}'):6.3f} "
+              f"{1e3 * b:18.1f} {ratio(samples, f'released@{n}', f'released@{first}'):6.3f}")
     base = t[f"sd-lora@{first}"]
     print("the work that grows with the tasks (frozen magnitudes' fused pass), timed alone:")
     for n in args.tasks:
@@ -200,7 +214,9 @@ def main() -> None:
                   f"{100 * t[f'pass@{n}'] / base:.1f}% of the task-{first} step")
     p, mg, um = t["infer plain timm ViT"], t["infer merged"], t["infer unmerged"]
     print(f"inference after {max(args.tasks)} tasks: merged {1e3 * mg:.1f} ms, plain timm ViT "
-          f"{1e3 * p:.1f} ms, ratio {mg / p:.3f}; unmerged {1e3 * um:.1f} ms ({um / p:.3f})")
+          f"{1e3 * p:.1f} ms, ratio {ratio(samples, 'infer merged', 'infer plain timm ViT'):.3f}; "
+          f"unmerged {1e3 * um:.1f} ms "
+          f"({ratio(samples, 'infer unmerged', 'infer plain timm ViT'):.3f})")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@ Why the cost does not grow with the tasks. The released code evaluates one low-r
 earlier task on every token. Here the update is composed in weight space once per step and the
 ViT runs with the composed weights (``torch.func.functional_call``), so the forward pass is a
 plain ViT's. The earlier, frozen directions are kept as one dense buffer (K, P, m, n) of
-*normalised* directions; their contribution is einsum(alpha, buffer): K * P * m * n
-multiply-adds per step, independent of batch size and tokens (0.3% of a step of 64 images on the
-embedded ViT at K = 100). The gradient of alpha_k is <dL/dW, D_k>, the same contraction. The
-price is memory, K * P * m * n floats (1.1 GB for ViT-B/16 at 20 tasks), and one dense weight
-gradient for q and v (which full fine-tuning computes too).
+*normalised* directions. While a task trains, their weighted sum M = sum_k alpha_k D_k is cached
+(`frozen_sum`) and the forward reads only M; after the backward pass one fused pass over the
+buffer computes the magnitudes' gradients <dL/dW, D_k>, their optimiser step and the new M
+(`sdlora.fused.FrozenMagnitudes`): K * P * m * n multiply-adds per step, independent of batch
+size and tokens. The price is memory, K * P * m * n floats (1.1 GB for ViT-B/16 at 20 tasks),
+and one dense weight gradient for q and v (which full fine-tuning computes too). Outside
+training (evaluation, merging, the analyses) `delta()` computes the sum from the magnitudes.
 
 Components. A component is one (A, B) pair with an optional magnitude. While it trains it is
 *current*; when it is frozen its normalised direction is computed once into the buffer and its
