@@ -31,14 +31,19 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sdlora.backbone import image_size  # noqa: E402
 from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.model import ContinualViT  # noqa: E402
 from sdlora.train import build_model, task_generator  # noqa: E402
 
 
+BACKBONE: dict = {}  # backbone / weights for every model of the run (set by --backbone)
+
+
 def sd_lora_at(tasks: int, device) -> ContinualViT:
     """An SD-LoRA model on its `tasks`-th task: tasks-1 frozen components and a current one."""
-    model = build_model(TrainConfig(method="sd-lora", tasks=1, benchmark="digits"), device)
+    model = build_model(TrainConfig(method="sd-lora", tasks=1, benchmark="digits", **BACKBONE),
+                        device)
     for t in range(tasks):
         if t:
             model.end_task()
@@ -163,10 +168,15 @@ def main() -> None:
     parser.add_argument("--inner", type=int, default=3)
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 20, 100])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backbone", default="embedded-vit",
+                        help="a name of sdlora.backbone.BACKBONES or a timm ViT tag")
+    parser.add_argument("--weights", default=None, help="local weights file for --backbone")
     args = parser.parse_args()
     device = torch.device(args.device)
+    BACKBONE.update(backbone=args.backbone, weights=args.weights)
+    size = image_size(args.backbone)
     torch.manual_seed(0)
-    x = torch.rand(args.batch, 3, 28, 28, device=device)
+    x = torch.rand(args.batch, 3, size, size, device=device)
     y = torch.randint(0, 4, (args.batch,), device=device)
 
     timers = {}
@@ -187,7 +197,8 @@ def main() -> None:
             timers[f"{kind}@{n}"] = step_timer(m, lambda b, m=m: m(b)[:, -4:], x, y, fused)
     final = sd_lora_at(max(args.tasks), device).eval()
     merged = final.merged().eval()
-    plain = build_model(TrainConfig(method="frozen", benchmark="digits"), device).backbone.eval()
+    plain = build_model(TrainConfig(method="frozen", benchmark="digits", **BACKBONE),
+                        device).backbone.eval()
     plain.reset_classifier(final.head.num_classes)
     timers["infer merged"] = inference_timer(merged, x)
     timers["infer plain timm ViT"] = inference_timer(plain, x)
@@ -195,7 +206,9 @@ def main() -> None:
     samples = interleaved(timers, args.repeats, args.inner)
     t = {k: statistics.median(v) for k, v in samples.items()}
 
-    print(f"device {device}, batch {args.batch}, median of {args.repeats} rounds x "
+    print(f"backbone {args.backbone} at {size} px, "
+          f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}, "
+          f"batch {args.batch}, median of {args.repeats} rounds x "
           f"{args.inner}, torch threads {torch.get_num_threads()}; ratio = median over rounds "
           f"of the per-round ratio to the task-{min(args.tasks)} step")
     first = min(args.tasks)
