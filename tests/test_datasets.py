@@ -139,3 +139,26 @@ def test_training_on_a_file_benchmark(tmp_path):
               on_task_end=stop_after_two)
     assert [len(r) for r in trained] == [1, 2]
     assert all(0 <= v <= 100 for r in trained for v in r)
+
+
+def test_gpu_check_inputs_load_through_the_real_paths(tmp_path, monkeypatch):
+    """scripts/gpu_check.py's generated weights and ImageNet-R folder load the way a GPU run
+    loads them (timm's local-file path with the hub offline; the ImageNet-R folder loader)."""
+    import importlib.util
+    from pathlib import Path
+
+    from sdlora.backbone import create_backbone
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", script)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    weights = gpu_check.make_weights("vit_tiny_patch16_224", tmp_path / "w.safetensors")
+    model, _ = create_backbone("vit_tiny_patch16_224", weights=weights)
+    from safetensors.torch import load_file
+    saved = load_file(str(weights))
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, saved["blocks.0.attn.qkv.weight"])
+    root = gpu_check.make_imagenet_r(tmp_path / "r", classes=200, per_class=3, size=32)
+    bench = load_file_benchmark("imagenet-r", root, 28, split_seed=0)
+    assert len(set(bench.train.labels.tolist()) | set(bench.test.labels.tolist())) == 200
