@@ -139,9 +139,10 @@ class QVAdapter(nn.Module):
         # Derived from A and B, so not saved with the state dict.
         self.register_buffer("frozen_directions", torch.zeros(0, 2 * depth, dim, dim),
                              persistent=False)
-        # While a task trains: sum_k alpha_k D_k over the frozen components, cached and kept up
-        # to date by `sdlora.fused.FrozenMagnitudes` (None: computed from the magnitudes).
-        self.frozen_sum: torch.Tensor | None = None
+        # While a task trains: sum_k alpha_k D_k over the frozen components, a parameter cached
+        # and kept up to date by `sdlora.fused.FrozenMagnitudes` (None: computed from the
+        # magnitudes). Registered (as None when absent), never saved: `tensors` picks what is.
+        self.register_parameter("frozen_sum", None)
         self._gram: torch.Tensor | None = None  # (K, K) float64 Gram matrix of the buffer
 
     # -- structure -------------------------------------------------------------------------

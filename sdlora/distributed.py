@@ -1,12 +1,14 @@
-"""Several processes through torchrun: data parallel with exact gradient averaging.
+"""Several processes through torchrun: DistributedDataParallel with exact gradient averaging.
 
 ``torchrun --nproc_per_node N -m sdlora train ...`` starts N copies; each builds the same model
-(every initialisation comes from seeded generators), draws the same batch order, trains on its
-slice of every batch (`shard`), and sums the gradients of all ranks weighted by their slice sizes
-(`average_gradients`), so every rank takes the step a single process would take on the whole
-batch: the shared magnitudes stay identical on every rank. Only rank 0 writes the run folder.
-The gradients are reduced by hand rather than by DistributedDataParallel because what trains
-changes from task to task (DDP fixes its parameter set when it wraps a model).
+(every initialisation comes from seeded generators), draws the same batch order and trains on
+its slice of every batch (`shard`). The model is wrapped in DistributedDataParallel (`wrap`)
+anew for every task, because what trains changes from task to task and DDP fixes its parameter
+set when it wraps. Each rank's loss is its slice's summed loss times world / (whole batch), so
+DDP's average of the ranks' gradients is exactly the whole batch's mean gradient: every rank
+takes the step a single process would take on the whole batch, and the shared magnitudes stay
+identical on every rank. The frozen magnitudes step from the gradient of their cached sum
+(`sdlora.fused`), a parameter DDP all-reduces like any other. Only rank 0 writes the run folder.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["Context", "context", "shard", "average_gradients"]
+__all__ = ["Context", "context", "shard", "wrap"]
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,18 @@ def shard(indices: torch.Tensor, ctx: Context) -> torch.Tensor:
     return indices[ctx.rank::ctx.world] if ctx.active else indices
 
 
-def average_gradients(params: list[torch.nn.Parameter], local_count: int, ctx: Context) -> None:
-    """Turn each rank's mean-loss gradient into the gradient of the whole batch's mean loss."""
+def wrap(model: torch.nn.Module, ctx: Context, device: torch.device) -> torch.nn.Module:
+    """`model` in DistributedDataParallel under torchrun (a single process: `model` itself).
+
+    Wrapped anew for every task, after the method has set what trains (DDP fixes its parameter
+    set when it wraps). Buffers are not broadcast each step: the frozen-direction buffer is
+    large and identical on every rank by construction."""
     if not ctx.active:
-        return
-    total = torch.tensor([float(local_count)], device=params[0].device if params else "cpu")
-    dist.all_reduce(total)
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        p.grad.mul_(local_count / total.item())
-        dist.all_reduce(p.grad)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                   else None, broadcast_buffers=False)
 
 
 def barrier(ctx: Context) -> None:

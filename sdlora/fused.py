@@ -24,6 +24,7 @@ them (`tests/test_adapters.py::test_fused_step_matches_torch_optim`). It is a
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 __all__ = ["FrozenMagnitudes", "frozen_sum"]
 
@@ -38,9 +39,11 @@ class FrozenMagnitudes(torch.optim.Optimizer):
     """Adam or SGD for the magnitudes of an adapter's frozen components, fused with the pass that
     computes their gradients and the cached sum M they feed into (see the module docstring).
 
-    Creating it installs M into the adapter (``adapter.frozen_sum``), so ``adapter.delta()``
-    reads M instead of recomputing the sum; `close` removes it. While it is installed, only
-    this object may change the frozen magnitudes.
+    Creating it installs M into the adapter as a parameter (``adapter.frozen_sum``, so that
+    DistributedDataParallel all-reduces its gradient), and ``adapter.delta()`` reads M instead
+    of recomputing the sum; `close` removes it. While it is installed, only this object changes
+    the frozen magnitudes: their ``requires_grad`` is parked at False (they take no part in the
+    forward pass) and restored by `close`.
 
     Args:
         adapter: a `sdlora.adapters.QVAdapter` with at least one frozen component.
@@ -73,17 +76,15 @@ class FrozenMagnitudes(torch.optim.Optimizer):
         with torch.no_grad():
             self.alpha = torch.stack([p.detach() for p in self.params]).clone()  # (K,)
             total = frozen_sum(self.alpha, directions)
-        self.sum = total.requires_grad_(trains)
+        self.sum = nn.Parameter(total, requires_grad=trains)
+        self._flags = [p.requires_grad for p in self.params]
+        for p in self.params:
+            p.requires_grad_(False)
         self.steps = 0
         self.exp_avg = torch.zeros_like(self.alpha)
         self.exp_avg_sq = torch.zeros_like(self.alpha)
         self.momentum_buffer: torch.Tensor | None = None
         adapter.frozen_sum = self.sum
-
-    @property
-    def grad_tensors(self) -> list[torch.Tensor]:
-        """What distributed training must all-reduce: M (its .grad is G)."""
-        return [self.sum] if self.trains else []
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.sum.grad = None
@@ -92,6 +93,8 @@ class FrozenMagnitudes(torch.optim.Optimizer):
         """Remove M from the adapter; the magnitudes are already written back."""
         if self.adapter.frozen_sum is self.sum:
             self.adapter.frozen_sum = None
+            for p, flag in zip(self.params, self._flags):
+                p.requires_grad_(flag)
 
     def _update(self, alpha: torch.Tensor, grad: torch.Tensor, part: slice, lr: float,
                 group: dict) -> None:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .backbone import create_backbone, image_size
 from .config import ConfigError, TrainConfig
 from .data import ArrayDataset, Benchmark, TaskSplit, load_benchmark, make_task_split
-from .distributed import average_gradients, barrier, context, shard
+from .distributed import barrier, context, shard, wrap
 from .metrics import summarise
 from .model import ContinualViT
 from .runs import RunError, RunFolder, atomic_write_json, default_runs_root
@@ -299,8 +299,7 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
     ctx = context()
     log_path = run.steps_path(task) if ctx.is_main else Path(os.devnull)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    params = [p for group in groups.values() for p in group]
-    params += fused.grad_tensors if fused is not None else []
+    net = wrap(model, ctx, device)  # DistributedDataParallel under torchrun, for this task
     bar = tqdm(total=total, desc=f"task {task + 1}/{config.tasks}", disable=not progress,
                leave=False)
     step = 0
@@ -310,15 +309,23 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
                 model.train()
                 order = torch.randperm(len(data), generator=generator)
                 start = time.perf_counter()
-                for x, y in batches(data, config.batch_size, device, order, config.num_workers,
-                                    ctx):
+                for b, (x, y) in enumerate(batches(data, config.batch_size, device, order,
+                                                   config.num_workers, ctx)):
                     with _autocast(device, config.amp):
-                        logits = model(x)[:, classes.start:classes.stop]  # current task only
-                    loss = F.cross_entropy(logits.float(), y)
+                        logits = net(x)[:, classes.start:classes.stop]  # current task only
+                    if ctx.active:
+                        # DDP averages the ranks' gradients; each rank's sum over its slice,
+                        # times world / (whole batch), makes that the whole batch's mean
+                        # gradient exactly, however unevenly the batch splits.
+                        whole = min(config.batch_size, len(data) - b * config.batch_size)
+                        summed = F.cross_entropy(logits.float(), y, reduction="sum")
+                        objective = summed * (ctx.world / whole)
+                        loss = summed.detach() / max(len(y), 1)  # logged: this rank's mean
+                    else:
+                        objective = loss = F.cross_entropy(logits.float(), y)
                     for o in optimizers:
                         o.zero_grad(set_to_none=True)
-                    loss.backward()
-                    average_gradients(params, len(y), ctx)
+                    objective.backward()
                     for o in optimizers:
                         o.step()
                     for scheduler in schedulers:
