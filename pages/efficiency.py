@@ -17,8 +17,8 @@ st.markdown(
     "after task. The update is composed in weight space, so the forward pass is a plain ViT's "
     "whatever the number of tasks; the one part of a step that grows is a single pass over the "
     "frozen directions for their magnitudes' gradients (`python bench/step_cost.py` measures "
-    "it: on 2 CPU cores a step costs 1.02x the first task's at 20 tasks and 1.06x at 100, "
-    "against 2.3x and 8.1x for the released code's per-token branches). No samples are "
+    "it: on 2 CPU cores a step costs 1.02x the first task's at 20 tasks and 1.06-1.08x at "
+    "100, against 2.3x and 8.0x for the released code's per-token branches). No samples are "
     "stored. " + ui.paper_link("Table 5") + ".")
 
 
