@@ -100,8 +100,9 @@ def step_timer(model: nn.Module, forward, batch: torch.Tensor, labels: torch.Ten
     """One training step: forward, backward, Adam. With `fused` (the training loop's way), the
     frozen magnitudes step in `sdlora.fused.FrozenMagnitudes`' single pass; without it,
     autograd and torch.optim.Adam handle them (two passes over the frozen directions)."""
-    skip = fused.params + [fused.sum] if fused is not None else []
-    params = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in skip)]
+    # The fused step parks its magnitudes' requires_grad; its sum M is a parameter it steps.
+    params = [p for p in model.parameters()
+              if p.requires_grad and (fused is None or p is not fused.sum)]
     optimizers = [torch.optim.Adam(params, lr=1e-4)] + ([fused] if fused is not None else [])
 
     def step() -> float:

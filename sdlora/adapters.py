@@ -35,6 +35,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from .fused import frozen_sum
+
 __all__ = [
     "Component",
     "QVAdapter",
@@ -250,7 +252,7 @@ class QVAdapter(nn.Module):
         if not self.use_magnitudes:
             return self.frozen_directions.sum(0)
         alpha = torch.stack([self.magnitude[c.key] for c in frozen])  # (K,)
-        return torch.einsum("k,kpmn->pmn", alpha, self.frozen_directions)
+        return frozen_sum(alpha, self.frozen_directions)
 
     def delta(self) -> torch.Tensor:
         """sum_k alpha_k * normalised(A_k B_k) for every projection: (P, m, n)."""

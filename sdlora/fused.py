@@ -83,7 +83,7 @@ class FrozenMagnitudes(torch.optim.Optimizer):
         self.steps = 0
         self.exp_avg = torch.zeros_like(self.alpha)
         self.exp_avg_sq = torch.zeros_like(self.alpha)
-        self.momentum_buffer: torch.Tensor | None = None
+        self.momentum_buffer = torch.zeros_like(self.alpha) if optimizer == "sgd" else None
         adapter.frozen_sum = self.sum
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -134,8 +134,6 @@ class FrozenMagnitudes(torch.optim.Optimizer):
         group = self.param_groups[0]
         lr = group["lr"]
         self.steps += 1
-        if self.kind == "sgd" and self.momentum_buffer is None:
-            self.momentum_buffer = torch.zeros_like(self.alpha)
         G = G.reshape(-1).to(self.flat.dtype)
         new = torch.zeros_like(G)
         for start in range(0, self.K, self.chunk):

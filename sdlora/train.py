@@ -283,9 +283,8 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
     groups = model.trainable_parameters()
     # The frozen components' magnitudes step in one fused pass with their gradients
     # (sdlora/fused.py); everything else through torch.optim.
-    fused = model.fuse_frozen()
-    if fused is not None and "adapter" in groups:
-        groups["adapter"] = [p for p in groups["adapter"] if all(p is not q for q in fused.params)]
+    fused = model.fuse_frozen()  # parks those magnitudes' requires_grad while it owns them
+    groups = {name: [p for p in group if p.requires_grad] for name, group in groups.items()}
     optimizer = _optimizer(groups, config)
     optimizers = [optimizer] + ([fused] if fused is not None and fused.trains else [])
     data = split.task_data(benchmark.train, task)
