@@ -27,6 +27,15 @@ def _open(page: str) -> AppTest:
     return at
 
 
+def _open_with_run(page: str, run: Path) -> AppTest:
+    """`page` with `run` chosen, as the sidebar picker would choose it."""
+    at = _open(page)
+    at.session_state["selected_run"] = str(run)
+    at.run()
+    assert not at.exception
+    return at
+
+
 def _charts(at: AppTest) -> int:
     return len(at.get("plotly_chart"))
 
@@ -77,11 +86,7 @@ def test_pages_with_runs(page, charts, demo_cache, monkeypatch):
 
 def test_half_finished_run_is_shown(demo_cache, monkeypatch):
     monkeypatch.setenv("SDLORA_CACHE", str(demo_cache))
-    at = _open("accuracy")
-    # Choose the run as the sidebar picker would.
-    at.session_state["selected_run"] = str(demo_cache / "runs" / "in-progress")
-    at.run()
-    assert not at.exception
+    at = _open_with_run("accuracy", demo_cache / "runs" / "in-progress")
     assert any("not finished" in i.value for i in at.info)
 
 
@@ -91,10 +96,7 @@ def test_widgets_change_without_errors(demo_cache, monkeypatch):
     at.slider[0].set_value(12).run()
     at.radio[0].set_value("task 2").run()
     assert not at.exception and _charts(at) == 2
-    at = _open("magnitudes")
-    at.session_state["selected_run"] = str(demo_cache / "runs" / "demo-lora")
-    at.run()
-    assert not at.exception
+    at = _open_with_run("magnitudes", demo_cache / "runs" / "demo-lora")
     assert any("no magnitudes" in i.value for i in at.info)
 
 
