@@ -18,7 +18,7 @@ _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "var
           "tasks": int, "epochs": int, "batch_size": int, "lr": float, "optimizer": str,
           "weight_decay": float, "schedule": str, "rank": int, "kd_tau": float,
           "new_magnitude_init": float, "seed": int, "device": str, "data_root": str,
-          "class_order_seed": int, "amp": str, "num_workers": int}
+          "class_order_seed": int, "amp": str, "num_workers": int, "joint_adapter": str}
 
 
 def _train_parser(sub) -> None:
@@ -27,6 +27,7 @@ def _train_parser(sub) -> None:
     defaults = TrainConfig()
     helps = {"method": f"one of: {', '.join(METHODS)}",
              "variant": "sd-lora only: 'paper' or 'released' (the authors' code)",
+             "joint_adapter": "joint only: 'lora', 'sd-lora' or 'full-ft'",
              "data_root": "folder of a file benchmark (default $SDLORA_DATA/<benchmark>)",
              "amp": "'none' or 'bf16' (CUDA autocast)", "device": "auto, cpu or cuda"}
     for name, kind in _FLAGS.items():

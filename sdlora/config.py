@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["TrainConfig", "METHODS", "ConfigError"]
+__all__ = ["TrainConfig", "METHODS", "JOINT_ADAPTERS", "ConfigError"]
 
 # Method name -> one line of what it is (the table in sdlora.methods gives the behaviour).
 METHODS: dict[str, str] = {
@@ -18,7 +18,14 @@ METHODS: dict[str, str] = {
     "single-decoupled": "ablation: W0 + alpha * normalised A B, one component trained on every task",
     "no-rescale": "ablation: earlier components and their magnitudes frozen; current alpha and "
                   "direction train",
+    "simplecil": "reference: frozen backbone, cosine similarity to class-mean prototypes, no "
+                 "gradient step (Zhou et al. 2023)",
+    "joint": "reference (upper bound): all classes learned at once as one task, same epochs; "
+             "adapter chosen by joint_adapter",
 }
+
+# Adapters the `joint` upper bound can train with (rows of sdlora.model.TRAITS).
+JOINT_ADAPTERS = ("lora", "sd-lora", "full-ft")
 
 
 class ConfigError(ValueError):
@@ -66,6 +73,7 @@ class TrainConfig:
     rr_ranks: tuple[int, int, int] = (10, 8, 6)  # r1, r_mu, r_nu
     kd_tau: float = 9e-4  # SD-LoRA-KD threshold on the residual of least_squares_residual
     kd_absorb: str = "paper"  # 'paper': alpha_k += c_k (Eqn. 8); 'scaled': alpha_k += alpha_t c_k
+    joint_adapter: str = "lora"  # joint only: 'lora', 'sd-lora' or 'full-ft'
     variant: str = "paper"  # sd-lora only: 'paper' or 'released' (the authors' code, see README)
     magnitude_init: float = 1.0  # initial magnitude of a new component (Finding 2: one)
     new_magnitude_init: float | None = 0.0  # tasks >= 2: start of the new alpha_t (None: magnitude_init)
@@ -95,6 +103,7 @@ class TrainConfig:
         _choice("schedule", self.schedule, ["constant", "cosine"])
         _choice("variant", self.variant, ["paper", "released"])
         _choice("kd_absorb", self.kd_absorb, ["paper", "scaled"])
+        _choice("joint_adapter", self.joint_adapter, JOINT_ADAPTERS)
         _choice("device", self.device, ["auto", "cpu", "cuda"])
         if self.variant == "released" and self.method != "sd-lora":
             raise ConfigError(f"variant='released' applies to method 'sd-lora' only, "

@@ -84,6 +84,14 @@ class Benchmark:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def train_for_fitting(self):
+        """The training images under the *test* transform (no augmentation), for methods that
+        fit statistics instead of taking gradient steps (class-mean prototypes)."""
+        transform = getattr(self.test, "transform", None)
+        if transform is not None and hasattr(self.train, "with_transform"):
+            return self.train.with_transform(transform)
+        return self.train
+
 
 def _read_idx(path: Path) -> np.ndarray:
     """Read one (optionally gzipped) IDX file as numpy (the MNIST family's format)."""

@@ -31,6 +31,7 @@ from torch.func import functional_call
 from .adapters import QVAdapter, least_squares_residual
 from .fused import FrozenMagnitudes
 from .config import TrainConfig
+from .methods.base import ContinualMethod, IncrementalHead, Normalised
 
 __all__ = ["ContinualViT", "IncrementalHead", "MethodTraits", "TRAITS", "RELEASED_MAGNITUDE"]
 
@@ -62,46 +63,7 @@ TRAITS: dict[str, MethodTraits] = {
 }
 
 
-class IncrementalHead(nn.Module):
-    """One linear classifier over all classes seen, grown by `classes_per_task` rows a task.
-
-    Each task's rows are a separate Linear; earlier tasks' rows are frozen (from the second task
-    on the loss sees only the current task's logits, so they would get no gradient anyway).
-    """
-
-    def __init__(self, in_features: int) -> None:
-        super().__init__()
-        self.in_features = in_features
-        self.tasks = nn.ModuleList()
-        # Follows .to(device), so a task's rows are created where the model lives.
-        self.register_buffer("anchor", torch.zeros(0), persistent=False)
-
-    @property
-    def num_classes(self) -> int:
-        return sum(layer.out_features for layer in self.tasks)
-
-    def grow(self, classes: int, generator: torch.Generator) -> None:
-        for layer in self.tasks:
-            layer.requires_grad_(False)
-        layer = nn.Linear(self.in_features, classes)
-        bound = 1.0 / self.in_features ** 0.5  # nn.Linear's default init, from our generator
-        with torch.no_grad():
-            layer.weight.uniform_(-bound, bound, generator=generator)
-            layer.bias.uniform_(-bound, bound, generator=generator)
-        self.tasks.append(layer.to(self.anchor.device))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([layer(features) for layer in self.tasks], dim=1)  # (B, classes seen)
-
-    def as_linear(self) -> nn.Linear:
-        layer = nn.Linear(self.in_features, self.num_classes)
-        with torch.no_grad():
-            layer.weight.copy_(torch.cat([t.weight for t in self.tasks]))
-            layer.bias.copy_(torch.cat([t.bias for t in self.tasks]))
-        return layer
-
-
-class ContinualViT(nn.Module):
+class ContinualViT(ContinualMethod):
     """Backbone + adapter + incremental head for one method.
 
     Args:
@@ -112,23 +74,25 @@ class ContinualViT(nn.Module):
 
     def __init__(self, backbone: nn.Module, config: TrainConfig,
                  mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.config = config
-        self.traits = TRAITS[config.method]
-        self.backbone = backbone
+        super().__init__(backbone, config, mean, std)
+        self.kind = self.family_member(config)
+        self.traits = TRAITS[self.kind]
         self.backbone.requires_grad_(self.traits.backbone_trains)
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.head = IncrementalHead(backbone.num_features)
         self.qkv_names = [f"blocks.{i}.attn.qkv.weight" for i in range(len(backbone.blocks))]
         self.adapter: QVAdapter | None = None
         if self.traits.adapter:
             released = config.variant == "released"
-            normalisation = "none" if config.method == "lora" else (
+            normalisation = "none" if self.kind == "lora" else (
                 "factors" if released else "product")
             self.adapter = QVAdapter(backbone.embed_dim, len(backbone.blocks), normalisation,
                                      magnitudes=self.traits.magnitudes)
-        self.task = -1
+
+    @staticmethod
+    def family_member(config: TrainConfig) -> str:
+        """The row of `TRAITS` this model follows: the method itself, or for `joint` the
+        adapter it trains jointly with (`joint_adapter`)."""
+        return config.joint_adapter if config.method == "joint" else config.method
 
     @property
     def released(self) -> bool:
@@ -155,7 +119,7 @@ class ContinualViT(nn.Module):
         return dict(zip(self.qkv_names, adapter.qkv_weights(base, delta)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std  # (B, 3, H, W)
+        x = self.normalise_input(x)
         if self.adapter is None:
             return self.backbone(x)  # (B, D)
         return functional_call(self.backbone, self.composed_weights(), (x,), strict=False)
@@ -185,7 +149,7 @@ class ContinualViT(nn.Module):
             if task > 0 and cfg.new_magnitude_init is not None:
                 start = cfg.new_magnitude_init
             adapter.add_component(task, cfg.rank_for_task(task), generator, magnitude=start,
-                                  zero_A=cfg.method == "lora")
+                                  zero_A=self.kind == "lora")
         for component in adapter.components:
             trains = component is adapter.current or traits.rescale_earlier
             if component.key in adapter.magnitude:
@@ -201,7 +165,7 @@ class ContinualViT(nn.Module):
             adapter.magnitude[adapter.current.key].requires_grad_(True)
             adapter.freeze_current()
             return info
-        if cfg.method == "sd-lora-kd" and adapter.frozen_components:
+        if self.kind == "sd-lora-kd" and adapter.frozen_components:
             info = self._absorb_or_keep()
             if info["absorbed"]:
                 return info
@@ -255,6 +219,36 @@ class ContinualViT(nn.Module):
                                 weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                                 chunk_bytes=chunk_bytes)
 
+    # -- checkpoints -----------------------------------------------------------------------
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        if self.adapter is not None:
+            tensors.update({f"adapter.{k}": v for k, v in self.adapter.tensors().items()})
+        if self.traits.backbone_trains:
+            tensors.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
+        return tensors
+
+    def checkpoint_meta(self) -> dict:
+        return dict(layout=self.adapter.layout() if self.adapter is not None else [])
+
+    def load_checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        generator = torch.Generator().manual_seed(0)  # shapes only: the values are loaded below
+        for _ in range(meta["task"] + 1):
+            self.head.grow(meta["classes_per_task"], generator)
+        self.task = meta["task"]
+        head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+        self.head.load_state_dict(head)
+        for layer in self.head.tasks:
+            layer.requires_grad_(False)
+        backbone = {k[len("backbone."):]: v for k, v in tensors.items()
+                    if k.startswith("backbone.")}
+        if backbone:
+            self.backbone.load_state_dict(backbone)
+        if self.adapter is not None:
+            adapter = {k[len("adapter."):]: v for k, v in tensors.items()
+                       if k.startswith("adapter.")}
+            self.adapter.load_layout(meta["layout"], adapter)
+
     # -- inference -------------------------------------------------------------------------
     @torch.no_grad()
     def merged(self) -> nn.Module:
@@ -269,17 +263,5 @@ class ContinualViT(nn.Module):
             plain.load_state_dict(state)
         plain.reset_classifier(self.head.num_classes)
         plain.head.load_state_dict(self.head.as_linear().state_dict())
-        return _Normalised(plain, self.mean, self.std)
+        return Normalised(plain, self.mean, self.std)
 
-
-class _Normalised(nn.Module):
-    """A plain model with the run's input normalisation in front."""
-
-    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", mean.clone(), persistent=False)
-        self.register_buffer("std", std.clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)

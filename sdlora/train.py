@@ -31,7 +31,7 @@ from .config import ConfigError, TrainConfig
 from .data import ArrayDataset, Benchmark, TaskSplit, load_benchmark, make_task_split
 from .distributed import barrier, context, shard, wrap
 from .metrics import summarise
-from .model import ContinualViT
+from .methods import ContinualMethod, build_method
 from .runs import RunError, RunFolder, atomic_write_json, default_runs_root
 
 __all__ = ["resolve_device", "build_model", "load_model", "evaluate", "train", "task_generator",
@@ -60,47 +60,30 @@ def load_data(config: TrainConfig) -> Benchmark:
 
 
 def split_for(config: TrainConfig, benchmark: Benchmark) -> TaskSplit:
+    """The run's class order and tasks; `joint` learns every class as one task (its
+    `config.tasks` names the incremental protocol it is the upper bound of)."""
     seed = config.seed if config.class_order_seed is None else config.class_order_seed
-    return make_task_split(benchmark.num_classes, config.tasks, seed)
+    make_task_split(benchmark.num_classes, config.tasks, seed)  # checks the task count
+    tasks = 1 if config.method == "joint" else config.tasks
+    return make_task_split(benchmark.num_classes, tasks, seed)
 
 
-def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> ContinualViT:
+def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> ContinualMethod:
+    """The method of `config` (`sdlora.methods`) on a fresh backbone, before its first task."""
     backbone, spec = create_backbone(config.backbone, weights=config.weights)
     mean, std = (spec.mean, spec.std) if config.normalise_inputs else ((0.0,) * 3, (1.0,) * 3)
-    return ContinualViT(backbone, config, mean, std).to(device)
+    return build_method(backbone, config, mean, std).to(device)
 
 
 def load_model(run: RunFolder | Path | str, task: int, device: torch.device | str = "cpu",
-               ) -> ContinualViT:
+               ) -> ContinualMethod:
     """The model of `run` at the end of `task` (0-based), rebuilt from its checkpoint."""
     run = run if isinstance(run, RunFolder) else RunFolder(run)
     tensors, meta = run.checkpoint(task)
     config = TrainConfig.from_dict(meta["config"])
     model = build_model(config, device)
-    generator = torch.Generator().manual_seed(0)  # shapes only: the values are loaded below
-    for t in range(task + 1):
-        model.head.grow(meta["classes_per_task"], generator)
-    model.task = task
-    head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
-    model.head.load_state_dict(head)
-    for layer in model.head.tasks:
-        layer.requires_grad_(False)
-    backbone = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
-    if backbone:
-        model.backbone.load_state_dict(backbone)
-    if model.adapter is not None:
-        adapter = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
-        model.adapter.load_layout(meta["layout"], adapter)
+    model.load_checkpoint(tensors, meta)
     return model.to(device)
-
-
-def _checkpoint_tensors(model: ContinualViT) -> dict[str, torch.Tensor]:
-    tensors = {f"head.{k}": v for k, v in model.head.state_dict().items()}
-    if model.adapter is not None:
-        tensors.update({f"adapter.{k}": v for k, v in model.adapter.tensors().items()})
-    if model.traits.backbone_trains:
-        tensors.update({f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
-    return tensors
 
 
 def batches(data, batch_size: int, device: torch.device, order: torch.Tensor | None = None,
@@ -125,7 +108,7 @@ def batches(data, batch_size: int, device: torch.device, order: torch.Tensor | N
 
 
 @torch.no_grad()
-def evaluate(model: ContinualViT, split: TaskSplit, data, upto: int,
+def evaluate(model: ContinualMethod, split: TaskSplit, data, upto: int,
              device: torch.device, batch_size: int = 256, num_workers: int = 0,
              amp: str = "none") -> list[float]:
     """Accuracy (percent) on each task 0..upto's test data, argmax over every class seen."""
@@ -219,22 +202,24 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
         torch.cuda.set_device(device)
     benchmark = benchmark or load_data(config)
     split = split_for(config, benchmark)
+    n_tasks = split.num_tasks  # 1 for joint
     model = build_model(config, device)
     done = run.completed_tasks()
     metrics = run.metrics(required=False) if done else None
     matrix = metrics["accuracy_matrix"][:done] if metrics else []
     task_info = metrics.get("task_info", [])[:done] if metrics else []
     if done:
-        log.info("resuming %s after task %d of %d", run.id, done, config.tasks)
+        log.info("resuming %s after task %d of %d", run.id, done, n_tasks)
         model = load_model(run, done - 1, device)
-    counts = [len(split.task_data(benchmark.test, t)) for t in range(config.tasks)]
-    train_sizes = [len(split.task_data(benchmark.train, t)) for t in range(config.tasks)]
-    steps_per_task = [config.epochs * math.ceil(n / config.batch_size) for n in train_sizes]
+    counts = [len(split.task_data(benchmark.test, t)) for t in range(n_tasks)]
+    train_sizes = [len(split.task_data(benchmark.train, t)) for t in range(n_tasks)]
+    steps_per_task = [config.epochs * math.ceil(n / config.batch_size)
+                      if model.trains_by_gradient else 0 for n in train_sizes]
     global_step = sum(steps_per_task[:done])
     status = _Status(run, sum(steps_per_task), enabled=ctx.is_main)
-    status.write("running", force=True, task=done, tasks=config.tasks, global_step=global_step)
+    status.write("running", force=True, task=done, tasks=n_tasks, global_step=global_step)
     try:
-        for task in range(done, config.tasks):
+        for task in range(done, n_tasks):
             generator = task_generator(config.seed, task)
             record = _train_task(model, config, split, benchmark, task, generator, run, status,
                                  global_step, device, progress)
@@ -245,22 +230,21 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
             task_info.append(record)
             metrics = _metrics(config, benchmark, split, matrix, counts, task_info)
             if ctx.is_main:
-                run.save_checkpoint(task, _checkpoint_tensors(model), dict(
-                    config=config.to_dict(), layout=model.adapter.layout() if model.adapter else [],
-                    task=task, classes_per_task=split.classes_per_task,
+                run.save_checkpoint(task, model.checkpoint_tensors(), dict(
+                    config=config.to_dict(), **model.checkpoint_meta(), task=task, classes_per_task=split.classes_per_task,
                     class_order=list(split.class_order)))
                 atomic_write_json(run.metrics_path, metrics)
             barrier(ctx)
-            log.info("task %d/%d: R row %s, seen accuracy %.2f", task + 1, config.tasks,
+            log.info("task %d/%d: R row %s, seen accuracy %.2f", task + 1, n_tasks,
                      ["%.1f" % v for v in row], metrics["seen_accuracy"][-1])
             if on_task_end is not None:
                 on_task_end(task, metrics)
     except BaseException as err:
         status.write("cancelled" if isinstance(err, KeyboardInterrupt) else "failed",
-                     force=True, error=repr(err), task=len(matrix), tasks=config.tasks,
+                     force=True, error=repr(err), task=len(matrix), tasks=n_tasks,
                      global_step=global_step)
         raise
-    status.write("finished", force=True, task=config.tasks, tasks=config.tasks,
+    status.write("finished", force=True, task=n_tasks, tasks=n_tasks,
                  global_step=global_step)
     return run
 
@@ -268,18 +252,20 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
 def _metrics(config, benchmark, split, matrix, counts, task_info) -> dict:
     summary = summarise(matrix, counts)
     return dict(method=config.method, benchmark=config.benchmark, seed=config.seed,
-                backbone=config.backbone, tasks=config.tasks, tasks_done=len(matrix),
+                backbone=config.backbone, tasks=split.num_tasks, tasks_done=len(matrix),
                 accuracy_matrix=matrix, test_counts=counts[: len(matrix)],
                 class_order=list(split.class_order), class_names=benchmark.class_names,
                 task_info=task_info, **summary)
 
 
-def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benchmark: Benchmark,
+def _train_task(model: ContinualMethod, config: TrainConfig, split: TaskSplit, benchmark: Benchmark,
                 task: int, generator: torch.Generator, run: RunFolder, status: _Status,
                 global_step: int, device: torch.device, progress: bool) -> dict:
     """Train one task; writes its step log; returns what end_task reported."""
     classes = split.task_classes(task)
     model.begin_task(task, len(classes), generator)
+    if not model.trains_by_gradient:
+        return _fit_task(model, config, split, benchmark, task, run, device)
     groups = model.trainable_parameters()
     # The frozen components' magnitudes step in one fused pass with their gradients
     # (sdlora/fused.py); everything else through torch.optim.
@@ -299,7 +285,7 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
     log_path = run.steps_path(task) if ctx.is_main else Path(os.devnull)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     net = wrap(model, ctx, device)  # DistributedDataParallel under torchrun, for this task
-    bar = tqdm(total=total, desc=f"task {task + 1}/{config.tasks}", disable=not progress,
+    bar = tqdm(total=total, desc=f"task {task + 1}/{split.num_tasks}", disable=not progress,
                leave=False)
     step = 0
     with open(log_path, "w") as steps_log:
@@ -322,6 +308,10 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
                         loss = summed.detach() / max(len(y), 1)  # logged: this rank's mean
                     else:
                         objective = loss = F.cross_entropy(logits.float(), y)
+                    auxiliary = model.auxiliary_loss()
+                    if auxiliary is not None:  # e.g. a key-query pull; logged in the loss
+                        objective = objective + auxiliary
+                        loss = loss + auxiliary.detach()
                     for o in optimizers:
                         o.zero_grad(set_to_none=True)
                     objective.backward()
@@ -347,7 +337,7 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.3f}")
                     status.steps_here += 1
-                    status.write("running", task=task, tasks=config.tasks, epoch=epoch,
+                    status.write("running", task=task, tasks=split.num_tasks, epoch=epoch,
                                  epochs=config.epochs, step=step, steps=total,
                                  global_step=global_step + step, loss=loss.item(),
                                  magnitudes=record.get("magnitudes", {}))
@@ -362,3 +352,19 @@ def _train_task(model: ContinualViT, config: TrainConfig, split: TaskSplit, benc
         info["components"] = len(model.adapter.components) if model.adapter else 0
         steps_log.flush()
     return info
+
+
+def _fit_task(model: ContinualMethod, config: TrainConfig, split: TaskSplit,
+              benchmark: Benchmark, task: int, run: RunFolder, device: torch.device) -> dict:
+    """A task for a method without gradient steps: it sees the task's training images once,
+    under the test transform, in stored order (its step log is empty)."""
+    data = split.task_data(benchmark.train_for_fitting(), task)
+    ctx = context()
+    if ctx.is_main:
+        run.steps_path(task).parent.mkdir(parents=True, exist_ok=True)
+        run.steps_path(task).write_text("")
+    model.eval()
+    with torch.no_grad():
+        model.fit_task(batches(data, config.eval_batch_size, device,
+                               num_workers=config.num_workers))
+    return model.end_task()
