@@ -48,6 +48,12 @@ def test_simplecil_does_not_depend_on_batch_size_or_task_order():
                          .mean(0) for c in range(6)])
     by_label = reference.prototypes()[torch.argsort(torch.tensor(split.class_order))]
     assert torch.allclose(by_label, means, atol=1e-6)
+    # ... and its predictions are nearest-cosine-prototype computed jointly on all classes.
+    with torch.no_grad():
+        test_features = reference.features(bench.test.images).double()
+    cosine = torch.nn.functional.normalize(test_features, dim=1) @ torch.nn.functional.normalize(
+        means, dim=1).T
+    assert torch.equal(cosine.argmax(1), expected)
     for tasks, order_seed, batch in [(3, 0, 1), (3, 0, 5), (2, 7, 3), (6, 3, 64), (1, 11, 2)]:
         model, other = _fit_simplecil(bench, tasks, order_seed, batch)
         assert other.class_order != split.class_order or batch != 64
