@@ -18,7 +18,8 @@ _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "var
           "tasks": int, "epochs": int, "batch_size": int, "lr": float, "optimizer": str,
           "weight_decay": float, "schedule": str, "rank": int, "kd_tau": float,
           "new_magnitude_init": float, "seed": int, "device": str, "data_root": str,
-          "class_order_seed": int, "amp": str, "num_workers": int, "joint_adapter": str}
+          "class_order_seed": int, "amp": str, "num_workers": int, "joint_adapter": str,
+          "holdout": str, "val_fraction": float}
 
 
 def _train_parser(sub) -> None:
@@ -28,6 +29,8 @@ def _train_parser(sub) -> None:
     helps = {"method": f"one of: {', '.join(METHODS)}",
              "variant": "sd-lora only: 'paper' or 'released' (the authors' code)",
              "joint_adapter": "joint only: 'lora', 'sd-lora' or 'full-ft'",
+             "holdout": "'test', or 'validation' (train minus a held-out part of the training "
+                        "set, evaluated on that part: for choosing hyperparameters)",
              "data_root": "folder of a file benchmark (default $SDLORA_DATA/<benchmark>)",
              "amp": "'none' or 'bf16' (CUDA autocast)", "device": "auto, cpu or cuda"}
     for name, kind in _FLAGS.items():

@@ -73,6 +73,9 @@ class TrainConfig:
     rr_ranks: tuple[int, int, int] = (10, 8, 6)  # r1, r_mu, r_nu
     kd_tau: float = 9e-4  # SD-LoRA-KD threshold on the residual of least_squares_residual
     kd_absorb: str = "paper"  # 'paper': alpha_k += c_k (Eqn. 8); 'scaled': alpha_k += alpha_t c_k
+    holdout: str = "test"  # 'test', or 'validation': train on the training set minus a
+    #   seeded stratified val_fraction of each class and evaluate on that (for tuning)
+    val_fraction: float = 0.2
     joint_adapter: str = "lora"  # joint only: 'lora', 'sd-lora' or 'full-ft'
     variant: str = "paper"  # sd-lora only: 'paper' or 'released' (the authors' code, see README)
     magnitude_init: float = 1.0  # initial magnitude of a new component (Finding 2: one)
@@ -104,6 +107,10 @@ class TrainConfig:
         _choice("variant", self.variant, ["paper", "released"])
         _choice("kd_absorb", self.kd_absorb, ["paper", "scaled"])
         _choice("joint_adapter", self.joint_adapter, JOINT_ADAPTERS)
+        _choice("holdout", self.holdout, ["test", "validation"])
+        if isinstance(self.val_fraction, bool) or not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction={self.val_fraction!r} is not valid; it must be a "
+                              f"number in (0, 1)")
         _choice("device", self.device, ["auto", "cpu", "cuda"])
         if self.variant == "released" and self.method != "sd-lora":
             raise ConfigError(f"variant='released' applies to method 'sd-lora' only, "

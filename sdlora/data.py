@@ -84,6 +84,16 @@ class Benchmark:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def validation_split(self, fraction: float = 0.2, seed: int = 0) -> "Benchmark":
+        """For choosing hyperparameters without the test set: the training set minus a seeded,
+        stratified `fraction` of each class, and that fraction as the held-out set (in place of
+        `test`). The test images are not touched."""
+        if not 0 < fraction < 1:
+            raise DataError(f"val_fraction={fraction!r} is not valid; it must be in (0, 1)")
+        is_val = torch.from_numpy(_stratified_split(self.train.labels.numpy(), fraction, seed))
+        return Benchmark(f"{self.name} (validation split)", self.train.subset(~is_val),
+                         self.train.subset(is_val), self.class_names)
+
     def train_for_fitting(self):
         """The training images under the *test* transform (no augmentation), for methods that
         fit statistics instead of taking gradient steps (class-mean prototypes)."""

@@ -55,8 +55,16 @@ def task_generator(seed: int, task: int) -> torch.Generator:
 
 
 def load_data(config: TrainConfig) -> Benchmark:
-    """The run's benchmark, at its backbone's input size."""
-    return load_benchmark(config.benchmark, config.data_root, image_size(config.backbone))
+    """The run's benchmark, at its backbone's input size; with ``holdout='validation'`` its
+    training set split into train and validation (the validation part in place of test)."""
+    benchmark = load_benchmark(config.benchmark, config.data_root, image_size(config.backbone))
+    return holdout_split(config, benchmark)
+
+
+def holdout_split(config: TrainConfig, benchmark: Benchmark) -> Benchmark:
+    if config.holdout == "validation":
+        return benchmark.validation_split(config.val_fraction, seed=config.seed)
+    return benchmark
 
 
 def split_for(config: TrainConfig, benchmark: Benchmark) -> TaskSplit:
@@ -200,7 +208,7 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
     if ctx.active and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
-    benchmark = benchmark or load_data(config)
+    benchmark = holdout_split(config, benchmark) if benchmark is not None else load_data(config)
     split = split_for(config, benchmark)
     n_tasks = split.num_tasks  # 1 for joint
     model = build_model(config, device)
