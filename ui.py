@@ -129,11 +129,14 @@ def _default_index(paths: list[str]) -> int:
 
 
 def selected_run() -> RunFolder | None:
-    """The run chosen in the sidebar (a damaged one too: its pages say what is wrong)."""
+    """The run chosen in the sidebar; for a damaged one, what is wrong, and the page stops."""
     paths = runs_with_results()
     path = st.session_state.get(SELECTED_RUN)
-    if path is not None and path in damaged_runs():
-        return RunFolder(path)
+    damaged = damaged_runs()
+    if path is not None and path in damaged:
+        st.error(f"Run {Path(path).name} cannot be shown: {damaged[path]}. The other runs are "
+                 f"in the sidebar.")
+        st.stop()  # the rest of the page needs a readable run
     if not paths:
         return None
     return RunFolder(path if path in paths else paths[_default_index(paths)])
