@@ -215,8 +215,9 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
         run = RunFolder(out if out is not None else default_runs_root() / new_run_id(config))
         if context().is_main:
             claim = run.claim(new=True)  # refuses a folder holding anything it did not write
-            atomic_write_json(run.config_path, config.to_dict())
     try:
+        if resume is None and context().is_main:
+            atomic_write_json(run.config_path, config.to_dict())
         return _train_claimed(run, config, resume is not None, progress, benchmark, on_task_end)
     finally:
         if claim is not None:
@@ -247,6 +248,7 @@ def _known_rows(run: RunFolder) -> tuple[int, dict | None]:
 
 def _train_claimed(run: RunFolder, config: TrainConfig, resuming: bool, progress: bool,
                    benchmark: Benchmark | None, on_task_end) -> RunFolder:
+    rows, metrics = _known_rows(run) if resuming else (0, None)  # refusals before any work
     device = resolve_device(config.device)
     ctx = context(device.type)
     if ctx.active and device.type == "cuda":
@@ -255,7 +257,6 @@ def _train_claimed(run: RunFolder, config: TrainConfig, resuming: bool, progress
     benchmark = benchmark or load_data(config)
     split = split_for(config, benchmark)
     model = build_model(config, device)
-    rows, metrics = _known_rows(run) if resuming else (0, None)
     matrix = metrics["accuracy_matrix"][:rows] if metrics else []
     task_info = metrics.get("task_info", [])[:rows] if metrics else []
     counts = [len(split.task_data(benchmark.test, t)) for t in range(config.tasks)]

@@ -234,6 +234,10 @@ def test_damaged_run_is_listed_and_named(run_copy, capsys, kind):
     if kind == "checkpoint gone":  # the results are readable; show names what is missing
         code, out, err = main(capsys, "show", run.path)
         assert code == 0 and "2/2" in out and message in out
+    if kind not in ("status list", "metrics empty"):  # resume refuses, naming the same file
+        # (an empty metrics.json is rebuilt: test_resume_rebuilds_lost_metrics_from_checkpoints)
+        code, out, err = main(capsys, "train", "--resume", run.path, "--quiet")
+        assert code == 2 and err.startswith("error: ") and message in err, err
     if kind not in ("status list", "checkpoint gone"):
         for command in (["show", run.path], ["analyse", run.path, "--what", "accuracy",
                                              "interpolation"]):
