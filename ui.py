@@ -52,22 +52,40 @@ def run_table() -> pd.DataFrame:
 @st.cache_data(ttl=3, show_spinner=False)
 def _run_table(root: str) -> pd.DataFrame:
     rows = []
-    for run in list_runs():
+    try:
+        runs = list_runs()
+    except OSError as err:  # an unreadable runs folder: say so, show nothing else
+        return pd.DataFrame([dict(id=str(root), state=f"damaged: {err}", path=root)],
+                            columns=_COLUMNS)
+    for run in runs:
         try:
             rows.append(run.summary() | {"path": str(run.path)})
-        except RunError as err:
-            rows.append(dict(id=run.id, state=f"unreadable: {err}", path=str(run.path)))
-    return pd.DataFrame(rows, columns=["id", "method", "benchmark", "seed", "tasks", "done",
-                                       "state", "acc", "aaa", "path"])
+        except Exception as err:  # noqa: BLE001 - one damaged run never hides the others
+            what = str(err) if isinstance(err, RunError) else f"{type(err).__name__}: {err}"
+            rows.append(dict(id=run.id, state=f"damaged: {what}", path=str(run.path)))
+    return pd.DataFrame(rows, columns=_COLUMNS)
+
+
+_COLUMNS = ["id", "method", "benchmark", "seed", "tasks", "done", "state", "acc", "aaa", "path"]
 
 
 def runs_with_results() -> list[str]:
+    """Readable runs with at least one finished task (damaged runs are left out)."""
     table = run_table()
-    return table[table["done"].fillna(0) > 0]["path"].tolist()
+    healthy = ~table["state"].fillna("").astype(str).str.startswith("damaged")
+    return table[healthy & (pd.to_numeric(table["done"], errors="coerce").fillna(0) > 0)][
+        "path"].tolist()
+
+
+def damaged_runs() -> dict[str, str]:
+    """path -> what is wrong (the file and the problem), for every damaged run folder."""
+    table = run_table()
+    bad = table[table["state"].fillna("").astype(str).str.startswith("damaged")]
+    return {row.path: row.state[len("damaged: "):] for row in bad.itertuples()}
 
 
 def label(path: str) -> str:
-    return Path(path).name
+    return Path(path).name + (" (damaged)" if path in damaged_runs() else "")
 
 
 def no_runs_message() -> None:
@@ -81,12 +99,20 @@ def sidebar() -> None:
     import torch
 
     with st.sidebar:
-        paths = runs_with_results()
+        healthy = runs_with_results()
+        damaged = damaged_runs()
+        paths = healthy + list(damaged)
         if paths:
             current = st.session_state.get(SELECTED_RUN)
-            index = paths.index(current) if current in paths else _default_index(paths)
+            index = paths.index(current) if current in paths else (
+                _default_index(healthy) if healthy else 0)
             st.selectbox("Run", paths, index=index, key=SELECTED_RUN, format_func=label,
-                         help="The run the single-run pages show.")
+                         help="The run the single-run pages show. A damaged run shows what "
+                              "is wrong with it.")
+        if damaged:
+            with st.expander(f"{len(damaged)} damaged run folder(s)"):
+                for path, what in damaged.items():
+                    st.caption(f"**{Path(path).name}**: {what}")
         if torch.cuda.is_available():
             st.success(f"GPU: {torch.cuda.get_device_name(0)}")
         else:
@@ -103,10 +129,16 @@ def _default_index(paths: list[str]) -> int:
 
 
 def selected_run() -> RunFolder | None:
+    """The run chosen in the sidebar; for a damaged one, what is wrong, and the page stops."""
     paths = runs_with_results()
+    path = st.session_state.get(SELECTED_RUN)
+    damaged = damaged_runs()
+    if path is not None and path in damaged:
+        st.error(f"Run {Path(path).name} cannot be shown: {damaged[path]}. The other runs are "
+                 f"in the sidebar.")
+        st.stop()  # the rest of the page needs a readable run
     if not paths:
         return None
-    path = st.session_state.get(SELECTED_RUN)
     return RunFolder(path if path in paths else paths[_default_index(paths)])
 
 

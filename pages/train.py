@@ -65,7 +65,11 @@ def submit(methods: list[str]) -> None:
         st.error(f"Not queued: {err}")
         return
     for config in configs:
-        job = jobs.submit(config)
+        try:
+            job = jobs.submit(config)
+        except (OSError, ValueError) as err:
+            st.error(f"Not queued: {err}")
+            return
         st.success(f"Queued {job['id']}")
 
 
@@ -81,14 +85,22 @@ if compare:
 @st.fragment(run_every=2)
 def progress() -> None:
     st.subheader("Queue")
-    all_jobs = jobs.reconcile()
+    ui.guarded(_queue)
+
+
+def _queue() -> None:
+    all_jobs = jobs.reconcile()  # also replaces a worker that died with jobs still queued
     if not all_jobs:
         st.caption("Nothing queued yet.")
         return
-    from sdlora.runs import RunFolder
+    from sdlora.runs import RunError, RunFolder
 
     for job in reversed(all_jobs[-12:]):
-        status = RunFolder(job["run"]).status() or {}
+        try:
+            status = RunFolder(job["run"]).status() or {}
+        except RunError as err:
+            status = {}
+            st.warning(f"{job['id']}: {err}")
         with st.container(border=True):
             top = st.columns([4, 1])
             top[0].markdown(f"**{job['id']}** · {job['config']['method']} · *{job['state']}*")
@@ -113,7 +125,8 @@ def progress() -> None:
                 if mags:
                     st.caption("magnitudes: " + ", ".join(f"α{k} = {v:.3f}" for k, v in mags.items()))
             elif job["state"] == "failed":
-                st.caption(f"see {job['run']}/worker.log")
+                st.caption(f"see {job.get('log') or job['run'] + '/worker.log'}"
+                           + (f": {job['error']}" if job.get("error") else ""))
 
 
 progress()

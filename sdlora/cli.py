@@ -52,6 +52,8 @@ def _resolve_run(name: str) -> Path:
 
     path = Path(name)
     if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{path} is a file; expected a run folder (or a run id)")
         return path
     candidate = default_runs_root() / name
     if candidate.exists():
@@ -70,27 +72,94 @@ def _cmd_train(args) -> int:
     from .train import train
 
     signal.signal(signal.SIGTERM, _interrupt)  # a cancelled job records 'cancelled' and stops
+    if not args.resume:
+        from .runs import default_runs_root
+        if args.out is not None:
+            _check_out(Path(args.out), "--out")
+        else:
+            _check_out(default_runs_root() / "new-run", "the runs folder")
 
     if args.resume:
         run = train(resume=_resolve_run(args.resume), progress=not args.quiet)
     elif args.config:
-        config = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+        config = TrainConfig.from_dict(_read_config(args.config))
         _check_before_training(config)
         run = train(config, out=args.out, progress=not args.quiet)
     else:
         from .presets import preset_config
 
         given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None}
-        config = preset_config(args.preset, **given) if args.preset else TrainConfig(**given)
+        try:
+            config = preset_config(args.preset, **given) if args.preset else TrainConfig(**given)
+        except ConfigError as err:
+            flag = next((k for k in given if str(err).startswith(f"{k}=")), None)
+            if flag is None:
+                raise
+            raise ConfigError(f"--{flag.replace('_', '-')} {given[flag]}: {err}") from err
         _check_before_training(config)
         run = train(config, out=args.out, progress=not args.quiet)
     print(format_run(run.path))
     return 0
 
 
+def _check_out(out: Path, what: str) -> None:
+    """Fast refusals of an --out that cannot be a run folder (the claim in `train` is the
+    guard; this answers before the data is loaded)."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{what} {out} is a file; expected a folder for the run (new or "
+                          f"empty)")
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {out} is under {probe}, which is a file; expected a folder "
+                          f"path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {out.parent if what != '--out' else out}: {probe} is "
+                          f"read-only; choose a folder you can write"
+                          + (" (--out, or $SDLORA_CACHE)" if what != "--out" else ""))
+
+
+def _read_config(name: str) -> dict:
+    path = Path(name)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file; expected a JSON file of TrainConfig "
+                          f"fields (as a run's config.json)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config {path} is not JSON ({err}); expected a JSON object of "
+                          f"TrainConfig fields (as a run's config.json)") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} holds a JSON {type(data).__name__}; expected an "
+                          f"object of TrainConfig fields (as a run's config.json)")
+    return data
+
+
+def _check_weights(weights: Path) -> None:
+    """A weights file must be safetensors (or a torch zip state dict)."""
+    from safetensors import safe_open
+
+    if not weights.is_file():
+        raise ConfigError(f"weights file {weights} not found" if not weights.exists() else
+                          f"--weights {weights} is a folder; expected a safetensors file")
+    try:
+        with safe_open(str(weights), framework="pt"):
+            return
+    except Exception as err:  # noqa: BLE001 - any parse failure means: not safetensors
+        with open(weights, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":  # torch.save's zip format
+                return
+        raise ConfigError(f"--weights {weights} is not a safetensors file "
+                          f"({str(err).splitlines()[0][:100]}); expected the backbone's weights "
+                          f"as .safetensors") from None
+
+
 def _check_before_training(config: TrainConfig) -> None:
     """Everything that can fail before training: data, task count, device, weights."""
-    from .backbone import BACKBONES
+    from .backbone import BACKBONES, create_backbone
     from .train import load_data, resolve_device, split_for
 
     resolve_device(config.device)
@@ -101,27 +170,42 @@ def _check_before_training(config: TrainConfig) -> None:
         raise ConfigError(str(err)) from err
     spec = BACKBONES.get(config.backbone)
     weights = config.weights or (spec.weights if spec else None)
-    if weights is not None and not Path(weights).exists():
-        raise ConfigError(f"weights file {weights} not found")
+    if weights is not None:
+        _check_weights(Path(weights))
+    try:
+        create_backbone(config.backbone, weights=config.weights)
+    except Exception as err:  # noqa: BLE001 - wrong shapes, no hub access, ...
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        source = f"weights {weights}" if weights else "timm's hub weights"
+        raise ConfigError(f"backbone {config.backbone!r} could not be built from {source}: "
+                          f"{first}") from err
 
 
 def format_run(path: Path) -> str:
     """The final table: R (percent) per task, then Acc, AAA, forgetting, BWT."""
-    from .runs import RunFolder
+    from .runs import RunError, RunFolder
 
     run = RunFolder(path)
     m = run.metrics()
     n = len(m["accuracy_matrix"])
+    if n == 0:
+        return f"run {run.id}  ({run.path}): no finished task yet"
+    m = {"forgetting": float("nan"), "bwt": float("nan"), **m}
     lines = [f"run {run.id}  ({run.path})",
-             f"method {m['method']}  benchmark {m['benchmark']}  seed {m['seed']}  "
-             f"tasks {n}/{m['tasks']}",
+             f"method {m.get('method')}  benchmark {m.get('benchmark')}  seed {m.get('seed')}  "
+             f"tasks {n}/{m.get('tasks')}",
              "after task | " + " ".join(f"T{j + 1:>5}" for j in range(n)) + " |  seen"]
     for i, row in enumerate(m["accuracy_matrix"]):
         cells = " ".join(f"{v:6.1f}" for v in row) + "       " * (n - len(row))
         lines.append(f"{i + 1:>10} | {cells} | {m['seen_accuracy'][i]:5.1f}")
     lines.append(f"Acc {m['acc']:.2f}  AAA {m['aaa']:.2f}  forgetting {m['forgetting']:.2f}  "
                  f"BWT {m['bwt']:.2f}")
-    kd = [t for t in m.get("task_info", []) if "absorbed" in t]
+    try:
+        run.check_checkpoints(n)
+    except RunError as err:
+        lines.append(f"warning: {err}")
+    kd = [t for t in m.get("task_info", []) if isinstance(t, dict) and "absorbed" in t
+          and isinstance(t.get("residual"), (int, float))]
     if kd:
         lines.append("KD: " + ", ".join(f"residual {t['residual']:.2e} "
                                         f"{'absorbed' if t['absorbed'] else 'kept'}" for t in kd))
@@ -131,21 +215,27 @@ def format_run(path: Path) -> str:
 def _cmd_runs(args) -> int:
     from .runs import RunError, list_runs
 
+    if args.root is not None and not Path(args.root).is_dir():
+        raise ConfigError(f"--root {args.root} is not a folder; expected a folder of run folders")
     runs = list_runs(args.root)
     if not runs:
         print("no runs yet; start one with `python -m sdlora train`")
         return 0
     print(f"{'run':58} {'method':22} {'state':11} {'tasks':>5} {'Acc':>6} {'AAA':>6}")
+    damaged = 0
     for run in runs:
         try:
             s = run.summary()
         except RunError as err:
-            print(f"{run.id:58} unreadable: {err}")
+            damaged += 1
+            print(f"{run.id:58} damaged: {err}")
             continue
         acc = f"{s['acc']:.1f}" if s["acc"] is not None else "-"
         aaa = f"{s['aaa']:.1f}" if s["aaa"] is not None else "-"
-        print(f"{s['id']:58} {s['method']:22} {s['state']:11} {s['done']:>2}/{s['tasks']:<2} "
-              f"{acc:>6} {aaa:>6}")
+        print(f"{s['id']:58} {str(s['method']):22} {s['state']:11} "
+              f"{s['done']:>2}/{str(s['tasks']):<2} {acc:>6} {aaa:>6}")
+    if damaged:
+        print(f"{damaged} damaged run folder(s): the message names the file and what is wrong")
     return 0
 
 
@@ -153,6 +243,7 @@ def _cmd_show(args) -> int:
     from .runs import RunFolder
 
     path = _resolve_run(args.run)
+    RunFolder(path).config()  # a damaged config.json is named, not skipped
     if args.json:
         print(json.dumps(RunFolder(path).metrics(), indent=1))
     else:
@@ -211,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except (ConfigError, DataError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
@@ -219,9 +310,24 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()
         return 0
+    except OSError as err:  # a read-only folder, a full disk: what failed, nothing else
+        print(f"error: {_os_message(err)}", file=sys.stderr)
+        return 2
     except Exception as err:
         from .runs import RunError
         if isinstance(err, RunError):
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {_one_line(err)}", file=sys.stderr)
             return 2
         raise
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _os_message(err: OSError) -> str:
+    text = err.strerror or str(err)
+    name = err.filename
+    if name is not None and str(name) not in text:
+        text = f"{name}: {text}"
+    return " ".join(text.split())

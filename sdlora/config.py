@@ -1,7 +1,9 @@
 """One validated configuration for a class-incremental run; saved inside every run folder."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["TrainConfig", "METHODS", "JOINT_ADAPTERS", "ConfigError"]
@@ -43,6 +45,39 @@ def _positive(name: str, value, integer: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
         what = "a positive integer" if integer else "a positive number"
         raise ConfigError(f"{name}={value!r} is not valid; it must be {what}")
+
+
+def _finite(name: str, value, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r} is not valid; it must be a finite number"
+                          + (" (or null)" if optional else ""))
+
+
+@lru_cache(maxsize=1)
+def _timm_vits() -> frozenset[str]:
+    """timm's VisionTransformer architectures and their pretrained tags."""
+    import timm
+
+    return frozenset(timm.list_models(module="vision_transformer")) | frozenset(
+        timm.list_models(module="vision_transformer", pretrained=True))
+
+
+def check_backbone(name) -> None:
+    """ConfigError unless `name` is an sdlora backbone or a timm VisionTransformer tag."""
+    from .backbone import BACKBONES
+
+    if not isinstance(name, str) or (name not in BACKBONES and name not in _timm_vits()):
+        close = sorted(n for n in _timm_vits() if isinstance(name, str) and name
+                       and n.startswith(name.split(".")[0]))[:3]
+        raise ConfigError(f"backbone={name!r} is not valid; choose one of: "
+                          f"{', '.join(BACKBONES)} or a timm VisionTransformer name "
+                          f"(timm.list_models(module='vision_transformer'))"
+                          + (f", e.g. {', '.join(close)}" if close else ""))
+
+
+SEED_MAX = 2**32 - 1  # numpy's RandomState range (the class order)
 
 
 @dataclass
@@ -91,17 +126,27 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        from .backbone import BACKBONES
         from .data import benchmark_names
 
         _choice("method", self.method, list(METHODS))
         _choice("benchmark", self.benchmark, benchmark_names())
         _choice("amp", self.amp, ["none", "bf16"])
-        if self.num_workers < 0:
-            raise ConfigError(f"num_workers={self.num_workers} must be >= 0")
-        if self.backbone not in BACKBONES and "vit" not in self.backbone:
-            raise ConfigError(f"backbone={self.backbone!r} is not valid; choose one of: "
-                              f"{', '.join(BACKBONES)} or another timm ViT tag")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) \
+                or self.num_workers < 0:
+            raise ConfigError(f"num_workers={self.num_workers!r} is not valid; it must be an "
+                              f"integer >= 0")
+        check_backbone(self.backbone)
+        for name in ("seed", "class_order_seed"):
+            value = getattr(self, name)
+            if name == "class_order_seed" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+                raise ConfigError(f"{name}={value!r} is not valid; it must be an integer from 0 "
+                                  f"to {SEED_MAX}")
+        for name in ("lr", "kd_tau", "head_lr_scale", "momentum", "weight_decay",
+                     "magnitude_init"):
+            _finite(name, getattr(self, name))
+        _finite("new_magnitude_init", self.new_magnitude_init, optional=True)
         _choice("optimizer", self.optimizer, ["adam", "sgd"])
         _choice("schedule", self.schedule, ["constant", "cosine"])
         _choice("variant", self.variant, ["paper", "released"])
@@ -130,7 +175,8 @@ class TrainConfig:
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ConfigError(f"weight_decay={self.weight_decay} must be >= 0 and "
                               f"momentum={self.momentum} in [0, 1)")
-        if self.residual_every < 0:
+        if isinstance(self.residual_every, bool) or not isinstance(self.residual_every, int) \
+                or self.residual_every < 0:
             raise ConfigError(f"residual_every={self.residual_every} must be >= 0")
 
     def rank_for_task(self, task: int) -> int:
@@ -149,7 +195,13 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        if not isinstance(d, dict):
+            raise ConfigError(f"a configuration must be a JSON object of TrainConfig fields, "
+                              f"not {type(d).__name__}")
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as err:  # a wrong type compared or measured in validate()
+            raise ConfigError(f"invalid configuration: {err}") from err

@@ -52,6 +52,18 @@ def pretrain(epochs: int = 3, batch_size: int = 128, lr: float = 1e-3, seed: int
     """Train the embedded ViT and save it; returns held-out accuracies (percent)."""
     import timm
 
+    from .config import SEED_MAX, ConfigError
+
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"pretrain --{name.replace('_', '-')} {value} is not valid; it "
+                              f"must be a positive integer")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"pretrain lr={lr!r} is not valid; it must be a positive finite number")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"pretrain --seed {seed} is not valid; it must be an integer from 0 "
+                          f"to {SEED_MAX}")
+
     torch.manual_seed(seed)
     data = load_pretraining_images()
     model = timm.create_model(EMBEDDED.arch, pretrained=False, num_classes=0, **EMBEDDED.kwargs)

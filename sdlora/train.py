@@ -190,19 +190,56 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
         benchmark: an already loaded benchmark (tests); default: load `config.benchmark`.
         on_task_end: called with (task, metrics) after each task.
     """
+    claim = None
     if resume is not None:
         run = RunFolder(resume)
         if not run.exists():
             raise RunError(f"cannot resume {run.path}: {run.config_path} is missing")
-        config = TrainConfig.from_dict(run.config())
+        try:
+            config = TrainConfig.from_dict(run.config())
+        except (ConfigError, TypeError) as err:
+            raise RunError(f"{run.config_path} is not a valid run configuration: {err}") from err
+        if context().is_main:
+            claim = run.claim(new=False)
     else:
         config = config or TrainConfig()
         run = RunFolder(out if out is not None else default_runs_root() / new_run_id(config))
-        if run.exists() and run.completed_tasks() > 0:
-            raise RunError(f"{run.path} already holds a run; pass --resume {run.path} to "
-                           f"continue it or choose another --out")
         if context().is_main:
+            claim = run.claim(new=True)  # refuses a folder holding anything it did not write
+    try:
+        if resume is None and context().is_main:
             atomic_write_json(run.config_path, config.to_dict())
+        return _train_claimed(run, config, resume is not None, progress, benchmark, on_task_end)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _known_rows(run: RunFolder) -> tuple[int, dict | None]:
+    """(finished tasks, metrics) of a run being resumed. A missing or empty metrics.json is
+    rebuilt from the checkpoints by the caller; a damaged one, or a metrics row without its
+    checkpoint, is refused (nothing is overwritten)."""
+    try:
+        raw = json.loads(run.metrics_path.read_text()) if run.metrics_path.exists() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raw = "corrupt"
+    if raw in (None, [], {}):
+        return 0, None
+    if raw == "corrupt":
+        run.metrics()  # raises, naming the file
+    try:
+        metrics = run.metrics()
+    except RunError as err:
+        raise RunError(f"{err}; move it aside and --resume again to rebuild it from the "
+                       f"checkpoints") from err
+    rows = len(metrics["accuracy_matrix"])
+    run.check_checkpoints(rows)
+    return rows, metrics
+
+
+def _train_claimed(run: RunFolder, config: TrainConfig, resuming: bool, progress: bool,
+                   benchmark: Benchmark | None, on_task_end) -> RunFolder:
+    rows, metrics = _known_rows(run) if resuming else (0, None)  # refusals before any work
     device = resolve_device(config.device)
     ctx = context(device.type)
     if ctx.active and device.type == "cuda":
@@ -212,20 +249,36 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
     split = split_for(config, benchmark)
     n_tasks = split.num_tasks  # 1 for joint
     model = build_model(config, device)
-    done = run.completed_tasks()
-    metrics = run.metrics(required=False) if done else None
-    matrix = metrics["accuracy_matrix"][:done] if metrics else []
-    task_info = metrics.get("task_info", [])[:done] if metrics else []
+    matrix = metrics["accuracy_matrix"][:rows] if metrics else []
+    task_info = metrics.get("task_info", [])[:rows] if metrics else []
+    counts = [len(split.task_data(benchmark.test, t)) for t in range(n_tasks)]
+    done = rows
+    if resuming:
+        # checkpoints written after the last metrics row (a kill between the two writes, or a
+        # lost metrics.json): their rows are rebuilt by evaluating those checkpoints
+        done = max(rows, min(run.checkpoint_tasks(), n_tasks))
+        for task in range(rows, done):
+            log.info("rebuilding task %d's metrics row from %s", task + 1,
+                     run.checkpoint_path(task))
+            rebuilt = load_model(run, task, device)
+            matrix.append(evaluate(rebuilt, split, benchmark.test, task, device,
+                                   config.eval_batch_size, config.num_workers, config.amp))
+            _, meta = run.checkpoint(task)
+            info = meta.get("info") or dict(components=len(meta.get("layout", [])))
+            task_info.append(dict(info, rebuilt_from_checkpoint=True))
+        if done > rows and ctx.is_main:
+            atomic_write_json(run.metrics_path,
+                              _metrics(config, benchmark, split, matrix, counts, task_info))
     if done:
         log.info("resuming %s after task %d of %d", run.id, done, n_tasks)
         model = load_model(run, done - 1, device)
-    counts = [len(split.task_data(benchmark.test, t)) for t in range(n_tasks)]
     train_sizes = [len(split.task_data(benchmark.train, t)) for t in range(n_tasks)]
     steps_per_task = [config.epochs * math.ceil(n / config.batch_size)
                       if model.trains_by_gradient else 0 for n in train_sizes]
     global_step = sum(steps_per_task[:done])
     status = _Status(run, sum(steps_per_task), enabled=ctx.is_main)
     status.write("running", force=True, task=done, tasks=n_tasks, global_step=global_step)
+    finished = done  # tasks whose checkpoint and metrics row are written
     try:
         for task in range(done, n_tasks):
             generator = task_generator(config.seed, task)
@@ -239,18 +292,23 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
             metrics = _metrics(config, benchmark, split, matrix, counts, task_info)
             if ctx.is_main:
                 run.save_checkpoint(task, model.checkpoint_tensors(), dict(
-                    config=config.to_dict(), **model.checkpoint_meta(), task=task, classes_per_task=split.classes_per_task,
-                    class_order=list(split.class_order)))
+                    config=config.to_dict(), **model.checkpoint_meta(), task=task,
+                    classes_per_task=split.classes_per_task,
+                    class_order=list(split.class_order), info=record))
                 atomic_write_json(run.metrics_path, metrics)
+            finished = task + 1
             barrier(ctx)
             log.info("task %d/%d: R row %s, seen accuracy %.2f", task + 1, n_tasks,
                      ["%.1f" % v for v in row], metrics["seen_accuracy"][-1])
             if on_task_end is not None:
                 on_task_end(task, metrics)
     except BaseException as err:
-        status.write("cancelled" if isinstance(err, KeyboardInterrupt) else "failed",
-                     force=True, error=repr(err), task=len(matrix), tasks=n_tasks,
-                     global_step=global_step)
+        try:  # on a full disk this may fail too; the first error is the one to report
+            status.write("cancelled" if isinstance(err, KeyboardInterrupt) else "failed",
+                         force=True, error=str(err) or repr(err), task=finished,
+                         tasks=n_tasks, global_step=sum(steps_per_task[:finished]))
+        except OSError:
+            pass
         raise
     status.write("finished", force=True, task=n_tasks, tasks=n_tasks,
                  global_step=global_step)

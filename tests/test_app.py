@@ -117,3 +117,60 @@ def test_train_form_refuses_bad_input(tmp_path, monkeypatch):
     at.button[0].click().run()
     assert any("does not have the expected layout" in e.value for e in at.error)
     assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").glob("*.json"))
+
+
+# -- damaged run folders (issue 13): every page renders, the damage is named ----------------
+DAMAGED = {  # run id -> (file, new content or None to delete, what the app must say)
+    "bad-config": ("config.json", "null", "config.json holds null"),
+    "bad-status": ("status.json", "[]", "status.json holds a list"),
+    "bad-metrics": ("metrics.json", '{"accuracy_matrix": [["x"]]}', "accuracy_matrix row 1"),
+    "lost-checkpoint": ("checkpoints/task_000.safetensors", None, "task_000.safetensors is "
+                                                                  "missing"),
+}
+
+
+@pytest.fixture(scope="module")
+def damaged_cache(demo_cache, tmp_path_factory):
+    """The demo runs plus one run folder of each kind of damage."""
+    import shutil
+
+    cache = tmp_path_factory.mktemp("damaged")
+    shutil.copytree(demo_cache / "runs", cache / "runs")
+    for name, (file, text, _) in DAMAGED.items():
+        shutil.copytree(demo_cache / "runs" / "demo-sd-lora", cache / "runs" / name)
+        path = cache / "runs" / name / file
+        path.unlink() if text is None else path.write_text(text)
+    return cache
+
+
+def _said(at: AppTest) -> str:
+    return " ".join([e.value for e in at.error] + [c.value for c in at.caption]
+                    + [m.value for m in at.markdown])
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_with_damaged_runs_present(page, damaged_cache, monkeypatch):
+    monkeypatch.setenv("SDLORA_CACHE", str(damaged_cache))
+    at = _open(page)  # asserts no exception
+    said = " ".join(c.value for c in at.sidebar.caption)
+    for name, (_, _, what) in DAMAGED.items():
+        assert name in said and what in said, said  # listed as damaged, with what is wrong
+    if page == "overview":
+        table = at.dataframe[0].value
+        assert set(DAMAGED) | {"demo-lora", "demo-sd-lora"} <= set(table["id"])
+        states = dict(zip(table["id"], table["state"]))
+        assert all(states[n].startswith("damaged: ") for n in DAMAGED)
+        assert states["demo-lora"] == "finished"
+    elif page in ("accuracy", "efficiency"):
+        assert _charts(at) >= 1 and not at.error  # the healthy runs still show
+
+
+@pytest.mark.parametrize("page, name", [(p, "bad-config") for p in PAGES] + [
+    (p, n) for p in ("accuracy", "magnitudes", "directions")
+    for n in ("bad-metrics", "lost-checkpoint")])
+def test_pages_with_a_damaged_run_selected(page, name, damaged_cache, monkeypatch):
+    monkeypatch.setenv("SDLORA_CACHE", str(damaged_cache))
+    at = _open_with_run(page, damaged_cache / "runs" / name)  # asserts no exception
+    if page in ("accuracy", "magnitudes", "directions"):
+        errors = " ".join(e.value for e in at.error)
+        assert DAMAGED[name][2] in errors, errors  # the page names what is wrong

@@ -40,6 +40,23 @@ def _export(fig, frame: pd.DataFrame | None, out: Path, name: str) -> list[str]:
     return written
 
 
+def _check_writable(folder: Path, what: str) -> None:
+    """ConfigError unless `folder` (or the nearest existing folder above it) can be written."""
+    import os
+
+    from ..config import ConfigError
+
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} {folder} cannot be made: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {folder} cannot be written ({probe} is read-only); pass "
+                          f"--html DIR for the figures, and make {probe} writable for the "
+                          f"cached analyses")
+
+
 def run_analyse(args) -> int:
     from ..config import ConfigError
     from ..runs import RunFolder
@@ -48,10 +65,22 @@ def run_analyse(args) -> int:
     unknown = [w for w in args.what if w not in WHAT]
     if unknown:
         raise ConfigError(f"--what {unknown} not valid; choose from: {', '.join(WHAT)}")
+    if args.points < 2:
+        raise ConfigError(f"--points {args.points} is not valid; interpolation needs at least 2 "
+                          f"points (the two checkpoints)")
     from ..cli import _resolve_run
     run = RunFolder(_resolve_run(args.run))
+    if not run.exists():
+        raise ConfigError(f"{run.path} is not a run folder ({run.config_path} is missing)")
     out = Path(args.html) if args.html else run.analyses_dir / "figures"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--html {out} is a file; expected a folder for the figures (it is "
+                          f"made if missing)")
+    _check_writable(out, "--html" if args.html else "the figures folder")
+    _check_writable(run.analyses_dir, "the run's analyses cache")
+    run.config()  # a damaged config.json is named here, before anything is computed
     metrics = run.metrics()
+    run.completed_tasks()  # a metrics row whose checkpoint is missing is named here
     written: list[str] = []
     if "accuracy" in args.what:
         R = metrics["accuracy_matrix"]
