@@ -141,7 +141,8 @@ def test_worker_killed_mid_job_is_replaced_and_queue_drains(fake_trainer, monkey
     monkeypatch.setenv("FAKE_TRAIN_SECONDS", "4")
     cfg = TrainConfig(benchmark="digits", tasks=2, epochs=1)
     for name in ("k1", "k2", "k3"):
-        jobs.submit(cfg, run_id=name)
+        jobs.submit(cfg, run_id=name, start_worker=False)
+    jobs.ensure_worker()  # one worker, so no spare one is still starting when it is killed
     assert _wait(lambda: _state("k1") == "running", 120)
     worker = next(j for j in jobs.list_jobs() if j["id"] == "k1")["worker"]
     os.kill(worker, signal.SIGKILL)
