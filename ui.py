@@ -2,31 +2,39 @@
 
 Pages stay thin: widgets in, `sdlora` calls, figures out. Everything computed comes from
 `sdlora`; this module only caches it and lays it out.
+
+Importing it is cheap (no torch, no pandas): every page imports it before its first paint.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import streamlit as st
 
 from sdlora.runs import RunError, RunFolder, default_runs_root, list_runs
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+
 def route_through_app() -> None:
     """Make a page opened by its own URL on a fresh server run through app.py's navigation.
 
-    Streamlit treats an app with a ``pages/`` folder as an old-style multipage app until the
-    entry point has called ``st.navigation`` once; until then a visitor who opens ``/train``
-    directly gets the folder's bare page list and no shared sidebar. Every page imports this
-    module, so such a run switches the flag that ``st.navigation`` would switch, runs app.py
-    (its navigation, sidebar and this page, in this same run, so a button press is not lost)
-    and stops the folder-style run.
+    Until some session has called ``st.navigation``, Streamlit runs an app that has a ``pages/``
+    folder the old way: a visitor who opens ``/train`` first on a fresh server gets
+    ``pages/train.py`` run on its own, without app.py. (The folder's own menu is never drawn:
+    ``.streamlit/config.toml`` sets ``client.showSidebarNavigation = false``, and app.py's menu
+    is ``st.navigation``'s at the top.) Every page calls this first, before any heavy import; in
+    such a run it switches the flag that ``st.navigation`` switches, runs app.py (its menu,
+    sidebar and this page, in this same run, so a button press is not lost) and stops the
+    folder-style run. In every other run it does nothing.
     """
-    import runpy
-
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
+    if getattr(PagesManager, "uses_pages_directory", False):
+        import runpy
+
         PagesManager.uses_pages_directory = False
         runpy.run_path(str(Path(__file__).with_name("app.py")), run_name="__main__")
         st.stop()
@@ -51,6 +59,8 @@ def run_table() -> pd.DataFrame:
 
 @st.cache_data(ttl=3, show_spinner=False)
 def _run_table(root: str) -> pd.DataFrame:
+    import pandas as pd
+
     rows = []
     for run in list_runs():
         try:
@@ -76,21 +86,31 @@ def no_runs_message() -> None:
             "by `python scripts/make_demo_runs.py`.")
 
 
-def sidebar() -> None:
-    """The shared sidebar: run picker and device status."""
+def run_picker() -> None:
+    """The sidebar's run picker (app.py draws it after the page: the page's first paint does
+    not wait for the run table)."""
+    paths = runs_with_results()
+    if paths:
+        current = st.session_state.get(SELECTED_RUN)
+        index = paths.index(current) if current in paths else _default_index(paths)
+        st.selectbox("Run", paths, index=index, key=SELECTED_RUN, format_func=label,
+                     help="The run the single-run pages show.")
+
+
+@st.cache_resource(show_spinner=False)
+def cuda_device() -> str | None:
+    """The CUDA device's name, or None: asked once per server (it imports torch)."""
     import torch
 
-    with st.sidebar:
-        paths = runs_with_results()
-        if paths:
-            current = st.session_state.get(SELECTED_RUN)
-            index = paths.index(current) if current in paths else _default_index(paths)
-            st.selectbox("Run", paths, index=index, key=SELECTED_RUN, format_func=label,
-                         help="The run the single-run pages show.")
-        if torch.cuda.is_available():
-            st.success(f"GPU: {torch.cuda.get_device_name(0)}")
-        else:
-            st.caption("Device: CPU (no CUDA device found)")
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def device_status() -> None:
+    name = cuda_device()
+    if name:
+        st.success(f"GPU: {name}")
+    else:
+        st.caption("Device: CPU (no CUDA device found)")
 
 
 def _default_index(paths: list[str]) -> int:

@@ -2,7 +2,6 @@
 import streamlit as st
 
 import ui
-from sdlora.analysis import figures, magnitude_series, magnitudes_at_task_end
 
 
 ui.route_through_app()  # a page opened by its own URL still runs through app.py
@@ -14,6 +13,9 @@ st.markdown(
     "while later ones stay small: later tasks mostly **reuse and rescale** early directions "
     "rather than adding new ones, which is how SD-LoRA stays stable and still learns. "
     + ui.paper_link("Fig. 3b/c and Fig. 6") + ".")
+
+# After the first paint: these imports load torch (seconds on a fresh server).
+from sdlora.analysis import figures, magnitude_series, magnitudes_at_task_end  # noqa: E402
 
 
 def body() -> None:

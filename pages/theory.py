@@ -2,7 +2,6 @@
 import streamlit as st
 
 import ui
-from sdlora.analysis import figures, matrix_factorisation_dynamics, toy_landscape
 
 
 ui.route_through_app()  # a page opened by its own URL still runs through app.py
@@ -14,6 +13,9 @@ st.markdown(
     "singular value of A B rises to its dotted target in turn. This is why SD-LoRA's early "
     "directions capture what matters most and later ones are refinements. "
     + ui.paper_link("Theorem 1, Section 3.4 and Appendix A.1") + ".")
+
+# After the first paint: these imports load torch (seconds on a fresh server).
+from sdlora.analysis import figures, matrix_factorisation_dynamics, toy_landscape  # noqa: E402
 
 c1, c2, c3 = st.columns(3)
 m = c1.slider("m (rows)", 5, 60, 30)

@@ -23,11 +23,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+if TYPE_CHECKING:  # torch and safetensors load only with a checkpoint: listing runs stays light
+    import torch
 
 __all__ = ["RunError", "RunFolder", "default_runs_root", "demo_runs_root", "list_runs", "atomic_write_json",
            "atomic_write_text"]
@@ -144,6 +143,9 @@ class RunFolder:
         if not path.exists():
             raise RunError(f"{path} is missing: task {task + 1} of run {self.id} has not "
                            f"finished (finished: {self.completed_tasks()})")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -154,6 +156,8 @@ class RunFolder:
         return tensors, meta
 
     def save_checkpoint(self, task: int, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        from safetensors.torch import save_file
+
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         metadata = {k: json.dumps(v) for k, v in meta.items()}
         _atomic(self.checkpoint_path(task),
