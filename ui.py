@@ -130,6 +130,25 @@ def selected_run() -> RunFolder | None:
     return RunFolder(path if path in paths else paths[_default_index(paths)])
 
 
+def run_stamp(run: RunFolder) -> tuple:
+    """Changes whenever the run writes: its metrics, status and step logs."""
+    files = [run.metrics_path, run.status_path, *sorted(run.steps_dir.glob("*.jsonl"))]
+    return tuple((p.name, p.stat().st_mtime_ns) for p in files if p.exists())
+
+
+def cached_analysis(name: str, run: RunFolder):
+    """``sdlora.analysis.<name>(run)``, kept in memory until the run writes again: a page
+    opened again shows it at once instead of re-reading the step logs."""
+    return _cached_analysis(name, str(run.path), run_stamp(run))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _cached_analysis(name: str, path: str, stamp: tuple):
+    from sdlora import analysis
+
+    return getattr(analysis, name)(RunFolder(path))
+
+
 def download_buttons(fig, frame: pd.DataFrame | None, name: str) -> None:
     """HTML of the figure and CSV of its numbers (PNG: the camera icon on every chart)."""
     cols = st.columns(2)
