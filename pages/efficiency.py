@@ -1,5 +1,6 @@
 """Efficiency: the measured step cost against the number of tasks; the Table 5 view per run."""
 import json
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -8,7 +9,9 @@ import ui
 
 ui.route_through_app()  # a page opened by its own URL still runs through app.py
 
-STEP_COST = Path(__file__).resolve().parent.parent / "bench" / "results" / "step_cost.json"
+STEP_COST = Path(os.environ.get(
+    "SDLORA_STEP_COST",
+    Path(__file__).resolve().parent.parent / "bench" / "results" / "step_cost.json"))
 
 st.title("Efficiency")
 st.markdown(
@@ -40,8 +43,8 @@ def step_cost_result(path: str, mtime: float) -> dict:
 def step_cost() -> None:
     st.subheader("Training-step cost against the number of tasks")
     if not STEP_COST.exists():
-        st.info(f"No measurement yet: `python bench/step_cost.py --json "
-                f"{STEP_COST.relative_to(STEP_COST.parent.parent.parent)}` writes it.")
+        st.info(f"No measurement yet: `python bench/step_cost.py --json {STEP_COST}` "
+                "writes it.")
         return
     r = step_cost_result(str(STEP_COST), STEP_COST.stat().st_mtime)
     frame = pd.DataFrame({"tasks": r["tasks"], "sd_lora_ms": r["sd_lora"]["step_ms"],
