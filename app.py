@@ -1,4 +1,11 @@
-"""SD-LoRA Lab: `streamlit run app.py`. Routes to one page per file in pages/."""
+"""SD-LoRA Lab: `streamlit run app.py`. Routes to one page per file in pages/.
+
+The menu is st.navigation's, at the top: it is drawn with the first message of a run, and
+Streamlit's own sidebar menu, which on a fresh server would first list the pages/ folder's file
+names, is switched off in .streamlit/config.toml. Then the page's title and text (pages import
+torch only after them); the run picker and the device line (which imports torch) are drawn
+after the page, into places kept for them in the sidebar.
+"""
 import streamlit as st
 
 import ui
@@ -16,7 +23,13 @@ PAGES = [
     st.Page("pages/efficiency.py", title="Efficiency", icon=":material/speed:"),
 ]
 
-page = st.navigation(PAGES)
+page = st.navigation(PAGES, position="top")
 with st.sidebar:
-    ui.sidebar()
-page.run()
+    picker, device = st.container(), st.empty()
+try:
+    page.run()
+finally:
+    with picker:
+        ui.run_picker()
+    with device:
+        ui.device_status()

@@ -2,31 +2,39 @@
 
 Pages stay thin: widgets in, `sdlora` calls, figures out. Everything computed comes from
 `sdlora`; this module only caches it and lays it out.
+
+Importing it is cheap (no torch, no pandas): every page imports it before its first paint.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import streamlit as st
 
 from sdlora.runs import RunError, RunFolder, default_runs_root, list_runs
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+
 def route_through_app() -> None:
     """Make a page opened by its own URL on a fresh server run through app.py's navigation.
 
-    Streamlit treats an app with a ``pages/`` folder as an old-style multipage app until the
-    entry point has called ``st.navigation`` once; until then a visitor who opens ``/train``
-    directly gets the folder's bare page list and no shared sidebar. Every page imports this
-    module, so such a run switches the flag that ``st.navigation`` would switch, runs app.py
-    (its navigation, sidebar and this page, in this same run, so a button press is not lost)
-    and stops the folder-style run.
+    Until some session has called ``st.navigation``, Streamlit runs an app that has a ``pages/``
+    folder the old way: a visitor who opens ``/train`` first on a fresh server gets
+    ``pages/train.py`` run on its own, without app.py. (The folder's own menu is never drawn:
+    ``.streamlit/config.toml`` sets ``client.showSidebarNavigation = false``, and app.py's menu
+    is ``st.navigation``'s at the top.) Every page calls this first, before any heavy import; in
+    such a run it switches the flag that ``st.navigation`` switches, runs app.py (its menu,
+    sidebar and this page, in this same run, so a button press is not lost) and stops the
+    folder-style run. In every other run it does nothing.
     """
-    import runpy
-
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
+    if getattr(PagesManager, "uses_pages_directory", False):
+        import runpy
+
         PagesManager.uses_pages_directory = False
         runpy.run_path(str(Path(__file__).with_name("app.py")), run_name="__main__")
         st.stop()
@@ -51,6 +59,8 @@ def run_table() -> pd.DataFrame:
 
 @st.cache_data(ttl=3, show_spinner=False)
 def _run_table(root: str) -> pd.DataFrame:
+    import pandas as pd
+
     rows = []
     try:
         runs = list_runs()
@@ -94,29 +104,39 @@ def no_runs_message() -> None:
             "by `python scripts/make_demo_runs.py`.")
 
 
-def sidebar() -> None:
-    """The shared sidebar: run picker and device status."""
+def run_picker() -> None:
+    """The sidebar's run picker (app.py draws it after the page: the page's first paint does
+    not wait for the run table). Damaged run folders are listed too, with what is wrong."""
+    healthy = runs_with_results()
+    damaged = damaged_runs()
+    paths = healthy + list(damaged)
+    if paths:
+        current = st.session_state.get(SELECTED_RUN)
+        index = paths.index(current) if current in paths else (
+            _default_index(healthy) if healthy else 0)
+        st.selectbox("Run", paths, index=index, key=SELECTED_RUN, format_func=label,
+                     help="The run the single-run pages show. A damaged run shows what "
+                          "is wrong with it.")
+    if damaged:
+        with st.expander(f"{len(damaged)} damaged run folder(s)"):
+            for path, what in damaged.items():
+                st.caption(f"**{Path(path).name}**: {what}")
+
+
+@st.cache_resource(show_spinner=False)
+def cuda_device() -> str | None:
+    """The CUDA device's name, or None: asked once per server (it imports torch)."""
     import torch
 
-    with st.sidebar:
-        healthy = runs_with_results()
-        damaged = damaged_runs()
-        paths = healthy + list(damaged)
-        if paths:
-            current = st.session_state.get(SELECTED_RUN)
-            index = paths.index(current) if current in paths else (
-                _default_index(healthy) if healthy else 0)
-            st.selectbox("Run", paths, index=index, key=SELECTED_RUN, format_func=label,
-                         help="The run the single-run pages show. A damaged run shows what "
-                              "is wrong with it.")
-        if damaged:
-            with st.expander(f"{len(damaged)} damaged run folder(s)"):
-                for path, what in damaged.items():
-                    st.caption(f"**{Path(path).name}**: {what}")
-        if torch.cuda.is_available():
-            st.success(f"GPU: {torch.cuda.get_device_name(0)}")
-        else:
-            st.caption("Device: CPU (no CUDA device found)")
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def device_status() -> None:
+    name = cuda_device()
+    if name:
+        st.success(f"GPU: {name}")
+    else:
+        st.caption("Device: CPU (no CUDA device found)")
 
 
 def _default_index(paths: list[str]) -> int:
@@ -140,6 +160,25 @@ def selected_run() -> RunFolder | None:
     if not paths:
         return None
     return RunFolder(path if path in paths else paths[_default_index(paths)])
+
+
+def run_stamp(run: RunFolder) -> tuple:
+    """Changes whenever the run writes: its metrics, status and step logs."""
+    files = [run.metrics_path, run.status_path, *sorted(run.steps_dir.glob("*.jsonl"))]
+    return tuple((p.name, p.stat().st_mtime_ns) for p in files if p.exists())
+
+
+def cached_analysis(name: str, run: RunFolder):
+    """``sdlora.analysis.<name>(run)``, kept in memory until the run writes again: a page
+    opened again shows it at once instead of re-reading the step logs."""
+    return _cached_analysis(name, str(run.path), run_stamp(run))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _cached_analysis(name: str, path: str, stamp: tuple):
+    from sdlora import analysis
+
+    return getattr(analysis, name)(RunFolder(path))
 
 
 def download_buttons(fig, frame: pd.DataFrame | None, name: str) -> None:

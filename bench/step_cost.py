@@ -15,14 +15,22 @@ repeats), on the embedded ViT:
    same task counts: ratio to its own task-1 step.
 4. Inference: `ContinualViT.merged()` after 100 tasks against the plain timm ViT: ratio.
 
-    python bench/step_cost.py [--batch 64] [--repeats 7] [--device cpu]
+    python bench/step_cost.py [--batch 64] [--repeats 7] [--device cpu] [--json PATH]
+
+With --json the same result is also written as data (date, device, settings, load average,
+per-task-count step times and ratios, the fused pass, inference); the app's Efficiency page
+plots `bench/results/step_cost.json`.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import statistics
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -167,7 +175,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--inner", type=int, default=3)
-    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 20, 100])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 10, 20, 50, 100])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-released", action="store_true",
                         help="leave out the released-style model (its per-token branches need "
@@ -175,7 +183,13 @@ def main() -> None:
     parser.add_argument("--backbone", default="embedded-vit",
                         help="a name of sdlora.backbone.BACKBONES or a timm ViT tag")
     parser.add_argument("--weights", default=None, help="local weights file for --backbone")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the result as JSON here (the Efficiency page reads "
+                             "bench/results/step_cost.json)")
+    parser.add_argument("--note", default="",
+                        help="a line kept in the JSON, e.g. what else the machine was doing")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     device = torch.device(args.device)
     BACKBONE.update(backbone=args.backbone, weights=args.weights)
     size = image_size(args.backbone)
@@ -211,33 +225,85 @@ def main() -> None:
     samples = interleaved(timers, args.repeats, args.inner)
     t = {k: statistics.median(v) for k, v in samples.items()}
 
-    print(f"backbone {args.backbone} at {size} px, "
-          f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}, "
-          f"batch {args.batch}, median of {args.repeats} rounds x "
-          f"{args.inner}, torch threads {torch.get_num_threads()}; ratio = median over rounds "
-          f"of the per-round ratio to the task-{min(args.tasks)} step")
     first = min(args.tasks)
+    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({cpu_model()}, {os.cpu_count()} cores)")
+
+    def curve(kind: str) -> dict:
+        return dict(step_ms=[round(1e3 * t[f"{kind}@{n}"], 2) for n in args.tasks],
+                    ratio=[round(ratio(samples, f"{kind}@{n}", f"{kind}@{first}"), 4)
+                           for n in args.tasks])
+
+    base = t[f"sd-lora@{first}"]
+    result = dict(
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        command="python bench/step_cost.py " + " ".join(sys.argv[1:]),
+        device=device_name, torch=torch.__version__,
+        settings=dict(backbone=args.backbone, image_size=size, batch=args.batch,
+                      repeats=args.repeats, inner=args.inner,
+                      torch_threads=torch.get_num_threads()),
+        load_average=dict(before=[round(x, 2) for x in load_before],
+                          after=[round(x, 2) for x in os.getloadavg()]),
+        note=args.note,
+        ratio_to=f"the task-{first} step of the same kind (median over rounds of the "
+                 "per-round ratio)",
+        tasks=args.tasks,
+        sd_lora=curve("sd-lora"), autograd=curve("autograd"),
+        released=None if args.skip_released else curve("released"),
+        fused_pass=dict(tasks=[n for n in args.tasks if f"pass@{n}" in t],
+                        ms=[round(1e3 * t[f"pass@{n}"], 3) for n in args.tasks
+                            if f"pass@{n}" in t],
+                        share_of_first_step=[round(t[f"pass@{n}"] / base, 4)
+                                             for n in args.tasks if f"pass@{n}" in t]),
+        inference=dict(tasks=max(args.tasks),
+                       merged_ms=round(1e3 * t["infer merged"], 2),
+                       plain_vit_ms=round(1e3 * t["infer plain timm ViT"], 2),
+                       unmerged_ms=round(1e3 * t["infer unmerged"], 2),
+                       merged_ratio=round(ratio(samples, "infer merged",
+                                                "infer plain timm ViT"), 4),
+                       unmerged_ratio=round(ratio(samples, "infer unmerged",
+                                                  "infer plain timm ViT"), 4)))
+    print_result(result)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def print_result(r: dict) -> None:
+    """The table this script has always printed, from the result's data."""
+    s = r["settings"]
+    first = r["tasks"][0]
+    print(f"backbone {s['backbone']} at {s['image_size']} px, device {r['device']}, batch "
+          f"{s['batch']}, median of {s['repeats']} rounds x {s['inner']}, torch threads "
+          f"{s['torch_threads']}; ratio = median over rounds of the per-round ratio to the "
+          f"task-{first} step; load average {r['load_average']['before']}")
     print(f"{'tasks':>6} {'SD-LoRA step ms':>16} {'ratio':>6} {'autograd-only ms':>17} "
           f"{'ratio':>6} {'released-style ms':>18} {'ratio':>6}")
-    for n in args.tasks:
-        a, c = t[f"sd-lora@{n}"], t[f"autograd@{n}"]
-        released = (f"{'-':>18} {'-':>6}" if args.skip_released else
-                    f"{1e3 * t[f'released@{n}']:18.1f} "
-                    f"{ratio(samples, f'released@{n}', f'released@{first}'):6.3f}")
-        print(f"{n:>6} {1e3 * a:16.1f} {ratio(samples, f'sd-lora@{n}', f'sd-lora@{first}'):6.3f} "
-              f"{1e3 * c:17.1f} {ratio(samples, f'autograd@{n}', f'autograd@{first}'):6.3f} "
-              f"{released}")
-    base = t[f"sd-lora@{first}"]
+    for i, n in enumerate(r["tasks"]):
+        rel = r["released"]
+        released = (f"{'-':>18} {'-':>6}" if rel is None else
+                    f"{rel['step_ms'][i]:18.1f} {rel['ratio'][i]:6.3f}")
+        print(f"{n:>6} {r['sd_lora']['step_ms'][i]:16.1f} {r['sd_lora']['ratio'][i]:6.3f} "
+              f"{r['autograd']['step_ms'][i]:17.1f} {r['autograd']['ratio'][i]:6.3f} {released}")
     print("the work that grows with the tasks (frozen magnitudes' fused pass), timed alone:")
-    for n in args.tasks:
-        if f"pass@{n}" in t:
-            print(f"{n:>6} tasks: {1e3 * t[f'pass@{n}']:.1f} ms = "
-                  f"{100 * t[f'pass@{n}'] / base:.1f}% of the task-{first} step")
-    p, mg, um = t["infer plain timm ViT"], t["infer merged"], t["infer unmerged"]
-    print(f"inference after {max(args.tasks)} tasks: merged {1e3 * mg:.1f} ms, plain timm ViT "
-          f"{1e3 * p:.1f} ms, ratio {ratio(samples, 'infer merged', 'infer plain timm ViT'):.3f}; "
-          f"unmerged {1e3 * um:.1f} ms "
-          f"({ratio(samples, 'infer unmerged', 'infer plain timm ViT'):.3f})")
+    p = r["fused_pass"]
+    for n, ms, share in zip(p["tasks"], p["ms"], p["share_of_first_step"]):
+        print(f"{n:>6} tasks: {ms:.1f} ms = {100 * share:.1f}% of the task-{first} step")
+    i = r["inference"]
+    print(f"inference after {i['tasks']} tasks: merged {i['merged_ms']:.1f} ms, plain timm ViT "
+          f"{i['plain_vit_ms']:.1f} ms, ratio {i['merged_ratio']:.3f}; unmerged "
+          f"{i['unmerged_ms']:.1f} ms ({i['unmerged_ratio']:.3f})")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 import streamlit as st
 
 import ui
-from sdlora.analysis import accuracy_matrix_frame, accuracy_table, curves_by_method, figures
-from sdlora.runs import RunFolder
 
 ui.route_through_app()  # a page opened by its own URL still runs through app.py
 
@@ -14,6 +12,11 @@ st.markdown(
     "column are **forgetting** (stability lost); a weak diagonal is missing **plasticity**. "
     "`frozen` is the stability end of the trade-off and `full-ft` the plasticity end. "
     + ui.paper_link("Tables 2-4 and Fig. 2b/c") + ".")
+
+# After the first paint: these imports load torch (seconds on a fresh server).
+from sdlora.analysis import (accuracy_matrix_frame, accuracy_table,  # noqa: E402
+                             curves_by_method, figures)
+from sdlora.runs import RunFolder  # noqa: E402
 
 
 def body() -> None:

@@ -1,12 +1,7 @@
 """Directions: the residual of each new direction against the earlier ones; relative distances."""
-import numpy as np
-import pandas as pd
 import streamlit as st
 
 import ui
-from sdlora.analysis import (cached, figures, relative_distances, residual_series,
-                             residuals_at_task_end, task_specific_weights)
-from sdlora.config import TrainConfig
 
 ui.route_through_app()  # a page opened by its own URL still runs through app.py
 
@@ -19,6 +14,13 @@ st.markdown(
     "**Distances**: weights fine-tuned on each task separately are closer to each other than "
     "to the pretrained weights (Finding 1), so a few shared directions can serve all tasks. "
     + ui.paper_link("Fig. 2a and Fig. 7") + ".")
+
+# After the first paint: these imports load torch (seconds on a fresh server).
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sdlora.analysis import (cached, figures, relative_distances, residual_series,  # noqa: E402
+                             residuals_at_task_end, task_specific_weights)
+from sdlora.config import TrainConfig  # noqa: E402
 
 
 def body() -> None:

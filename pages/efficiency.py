@@ -1,28 +1,87 @@
-"""Efficiency: the Table 5 view and the per-step cost against the number of tasks."""
-import pandas as pd
+"""Efficiency: the measured step cost against the number of tasks; the Table 5 view per run."""
+import json
+import os
+from pathlib import Path
+
 import streamlit as st
 
 import ui
-from sdlora.analysis import cached, efficiency, figures
-from sdlora.runs import RunFolder
-
 
 ui.route_through_app()  # a page opened by its own URL still runs through app.py
 
+STEP_COST = Path(os.environ.get(
+    "SDLORA_STEP_COST",
+    Path(__file__).resolve().parent.parent / "bench" / "results" / "step_cost.json"))
+
 st.title("Efficiency")
 st.markdown(
-    "What each method learns per task, what it stores after N tasks (SD-LoRA-KD stores fewer "
-    "directions when it absorbs them), the inference cost of the merged model against a plain "
-    "ViT (identical: every component folds into the weights) and the training-step time task "
-    "after task. The update is composed in weight space, so the forward pass is a plain ViT's "
-    "whatever the number of tasks; the one part of a step that grows is a single pass over the "
-    "frozen directions for their magnitudes' gradients (`python bench/step_cost.py` measures "
-    "it: on 2 CPU cores a step costs 1.02x the first task's at 20 tasks and 1.06-1.08x at "
-    "100, against 2.3x and 8.0x for the released code's per-token branches). No samples are "
-    "stored. " + ui.paper_link("Table 5") + ".")
+    "SD-LoRA composes its update in weight space, so the forward pass is a plain ViT's whatever "
+    "the number of tasks; the one part of a training step that grows with the tasks is a single "
+    "pass over the frozen directions for their magnitudes' gradients. The released code instead "
+    "runs one low-rank branch per earlier task on every token. The curve below is measured side "
+    "by side by `bench/step_cost.py` (its latest committed result); the table below it is what "
+    "each run learns and stores per task, and the inference cost of the merged model against a "
+    "plain ViT. No samples are stored. " + ui.paper_link("Table 5") + ".")
+
+# After the first paint: these imports load torch (seconds on a fresh server).
+import pandas as pd  # noqa: E402
+from sdlora.analysis import cached, efficiency, figures  # noqa: E402
+from sdlora.runs import RunFolder  # noqa: E402
 
 
-def body() -> None:
+@st.cache_data(show_spinner=False)
+def step_cost_result(path: str, mtime: float) -> dict:
+    """The bench's JSON (re-read when the file changes)."""
+    result = json.loads(Path(path).read_text())
+    missing = [k for k in ("tasks", "sd_lora", "settings", "device", "date") if k not in result]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}: rerun `python bench/step_cost.py --json "
+                         f"{path}`")
+    return result
+
+
+def step_cost() -> None:
+    st.subheader("Training-step cost against the number of tasks")
+    if not STEP_COST.exists():
+        st.info(f"No measurement yet: `python bench/step_cost.py --json {STEP_COST}` "
+                "writes it.")
+        return
+    r = step_cost_result(str(STEP_COST), STEP_COST.stat().st_mtime)
+    frame = pd.DataFrame({"tasks": r["tasks"], "sd_lora_ms": r["sd_lora"]["step_ms"],
+                          "sd_lora_ratio": r["sd_lora"]["ratio"]})
+    for key in ("autograd", "released"):
+        if r.get(key):
+            frame[f"{key}_ms"], frame[f"{key}_ratio"] = r[key]["step_ms"], r[key]["ratio"]
+    last = r["tasks"][-1]
+    cols = st.columns(3)
+    cols[0].metric(f"SD-LoRA step at {last} tasks", f"{r['sd_lora']['ratio'][-1]:.2f}x",
+                   help="relative to the first task's step time")
+    if r.get("released"):
+        cols[1].metric(f"Released code's step at {last} tasks",
+                       f"{r['released']['ratio'][-1]:.2f}x")
+    inference = r.get("inference")
+    if inference:
+        cols[2].metric(f"Merged model's inference after {inference['tasks']} tasks",
+                       f"{inference['merged_ratio']:.2f}x", help="relative to a plain timm ViT")
+    ui.show(figures.step_cost_curve_figure(r), frame, "step_cost_curve")
+    s = r["settings"]
+    passes = r.get("fused_pass", {})
+    share = (f" The growing part, the fused pass over the frozen directions, timed alone: "
+             f"{passes['ms'][-1]:.1f} ms at {passes['tasks'][-1]} tasks, "
+             f"{100 * passes['share_of_first_step'][-1]:.1f}% of a first-task step."
+             if passes.get("ms") else "")
+    st.caption(
+        f"`{r.get('command', 'python bench/step_cost.py')}`, {r['date'][:10]}, on {r['device']}: "
+        f"{s['backbone']} at {s['image_size']} px, batch {s['batch']}, {s['torch_threads']} "
+        f"torch thread(s), median of {s['repeats']} interleaved rounds; each ratio is the "
+        f"median of the per-round ratios to the first task's step of the same kind." + share
+        + (f" Load average during the run: {r['load_average']['before'][0]:.1f} before, "
+           f"{r['load_average']['after'][0]:.1f} after." if r.get("load_average") else "")
+        + (f" {r['note']}" if r.get("note") else ""))
+
+
+def per_run() -> None:
+    st.subheader("What each run learns and stores")
     paths = ui.runs_with_results()
     if not paths:
         ui.no_runs_message()
@@ -46,7 +105,12 @@ def body() -> None:
         table = pd.DataFrame(rows)
         st.dataframe(table, hide_index=True, width="stretch")
         st.download_button("Table (CSV)", table.to_csv(index=False), file_name="efficiency.csv")
-        ui.show(figures.step_cost_figure(costs), None, "step_cost")
+        with st.expander("Step time task by task in these runs' own logs (noisy)"):
+            st.caption("Wall-clock medians from the training logs: they move with whatever "
+                       "else the machine was doing during each task, so read the measured "
+                       "curve above for how the cost grows.")
+            ui.show(figures.step_cost_figure(costs), None, "step_cost")
 
 
-ui.guarded(body)
+ui.guarded(step_cost)
+ui.guarded(per_run)

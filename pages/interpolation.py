@@ -1,10 +1,7 @@
 """Interpolation: accuracy along the straight line between two task checkpoints."""
-import pandas as pd
 import streamlit as st
 
 import ui
-from sdlora.analysis import cached, figures, interpolate
-from sdlora.runs import RunFolder
 
 ui.route_through_app()  # a page opened by its own URL still runs through app.py
 
@@ -17,6 +14,11 @@ st.markdown(
     "a region that is good for both. " + ui.paper_link("Fig. 4b/c") + ". New-task classes "
     "enter the prediction with weight λ (their logits get + log λ), so both ends reproduce the "
     "checkpoints' accuracies exactly.")
+
+# After the first paint: these imports load torch (seconds on a fresh server).
+import pandas as pd  # noqa: E402
+from sdlora.analysis import cached, figures, interpolate  # noqa: E402
+from sdlora.runs import RunFolder  # noqa: E402
 
 
 def body() -> None:

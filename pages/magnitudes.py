@@ -2,7 +2,6 @@
 import streamlit as st
 
 import ui
-from sdlora.analysis import figures, magnitude_series, magnitudes_at_task_end
 
 
 ui.route_through_app()  # a page opened by its own URL still runs through app.py
@@ -15,13 +14,16 @@ st.markdown(
     "rather than adding new ones, which is how SD-LoRA stays stable and still learns. "
     + ui.paper_link("Fig. 3b/c and Fig. 6") + ".")
 
+# After the first paint: these imports load torch (seconds on a fresh server).
+from sdlora.analysis import figures  # noqa: E402
+
 
 def body() -> None:
     run = ui.selected_run()
     if run is None:
         ui.no_runs_message()
         return
-    series = magnitude_series(run)
+    series = ui.cached_analysis("magnitude_series", run)
     if series.empty:
         st.info(f"Run {run.id} uses `{run.config()['method']}`, which has no magnitudes. Pick "
                 "an SD-LoRA run (sd-lora, -rr, -kd or an ablation) in the sidebar.")
@@ -29,7 +31,7 @@ def body() -> None:
     ui.show(figures.magnitude_figure(series, f"Learned magnitudes: {run.id}"), series,
             "magnitudes")
     st.subheader("Magnitudes at the end of each task")
-    table = magnitudes_at_task_end(run)
+    table = ui.cached_analysis("magnitudes_at_task_end", run)
     st.dataframe(table.style.format("{:.3f}", na_rep=""), width="stretch")
     st.download_button("Table (CSV)", table.to_csv(), file_name="magnitudes_task_end.csv")
 

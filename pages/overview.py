@@ -2,7 +2,6 @@
 import streamlit as st
 
 import ui
-from sdlora.analysis import figures, toy_landscape
 
 
 ui.route_through_app()  # a page opened by its own URL still runs through app.py
@@ -17,6 +16,9 @@ st.markdown(
     "what earlier tasks found. Vanilla LoRA keeps training one update and forgets.")
 st.latex(r"W = W_0 + \sum_{k=1}^{t} \alpha_k \,\frac{A_k B_k}{\lVert A_k B_k \rVert_F}"
          r"\qquad\text{(Eqn. 4; on task } t\text{, train } \alpha_1..\alpha_t, A_t, B_t)")
+
+# After the first paint: these imports load torch (seconds on a fresh server).
+from sdlora.analysis import figures, toy_landscape  # noqa: E402
 
 
 @st.cache_data(show_spinner=False)

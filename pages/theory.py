@@ -2,7 +2,6 @@
 import streamlit as st
 
 import ui
-from sdlora.analysis import figures, matrix_factorisation_dynamics, toy_landscape
 
 
 ui.route_through_app()  # a page opened by its own URL still runs through app.py
@@ -15,6 +14,13 @@ st.markdown(
     "directions capture what matters most and later ones are refinements. "
     + ui.paper_link("Theorem 1, Section 3.4 and Appendix A.1") + ".")
 
+# After the first paint: these imports load torch (seconds on a fresh server).
+from sdlora.analysis import figures, matrix_factorisation_dynamics, toy_landscape  # noqa: E402
+
+# Computed live under the sliders, kept per setting: going back to a setting is instant.
+dynamics = st.cache_data(show_spinner=False, max_entries=32)(matrix_factorisation_dynamics)
+landscape = st.cache_data(show_spinner=False, max_entries=32)(toy_landscape)
+
 c1, c2, c3 = st.columns(3)
 m = c1.slider("m (rows)", 5, 60, 30)
 n = c1.slider("n (columns)", 5, 60, 30)
@@ -25,7 +31,7 @@ rho = c3.select_slider("initial scale rho", [1e-6, 1e-4, 1e-3, 1e-2, 1e-1], valu
 eta = st.slider("learning rate eta", 0.005, 0.2, 0.05, format="%.3f")
 spectrum = tuple(top * ratio ** k for k in range(min(4, m, n)))
 try:
-    result = matrix_factorisation_dynamics(m, n, r, spectrum, rho, eta, iterations=1500)
+    result = dynamics(m, n, r, spectrum, rho, eta, iterations=1500)
     ui.show(figures.theorem_figure(result), None, "theorem1")
     order = ", ".join(f"sigma_{j + 1} at iteration {it}" if it is not None
                       else f"sigma_{j + 1} not yet" for j, it in enumerate(result["learned_at"]))
@@ -50,7 +56,7 @@ which = c3.radio("Landscape", ["sum", "task 1", "task 2"], horizontal=True)
 st.caption("The default geometry was chosen to show the effect; try other seeds and angles: "
            "in a toy this small SD-LoRA does not always end on both valleys.")
 try:
-    land = toy_landscape(angle1=angle1, angle2=angle2, kappa=kappa, steps=steps, seed=seed)
+    land = landscape(angle1=angle1, angle2=angle2, kappa=kappa, steps=steps, seed=seed)
     ui.show(figures.landscape_figure(land, which), None, "landscape")
     losses = land["final_losses"]
     st.caption("Final losses (task 1, task 2): " + "; ".join(

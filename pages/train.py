@@ -1,16 +1,7 @@
 """Train: queue runs outside the page, watch them live, cancel them."""
-import time
-
 import streamlit as st
-import torch
 
 import ui
-from sdlora import jobs
-from sdlora.backbone import BACKBONES
-from sdlora.config import METHODS, ConfigError, TrainConfig
-from sdlora.data import DataError, benchmark_names
-from sdlora.presets import PRESETS, preset_config
-from sdlora.train import load_data, split_for
 
 ui.route_through_app()  # a page opened by its own URL still runs through app.py
 
@@ -22,7 +13,15 @@ st.markdown(
     "**vanilla LoRA vs SD-LoRA**: same settings, same seed, the stability-plasticity "
     "trade-off side by side.")
 
-cuda = torch.cuda.is_available()
+# After the first paint: these imports load torch (seconds on a fresh server).
+from sdlora import jobs  # noqa: E402
+from sdlora.backbone import BACKBONES  # noqa: E402
+from sdlora.config import METHODS, ConfigError, TrainConfig  # noqa: E402
+from sdlora.data import DataError, benchmark_names  # noqa: E402
+from sdlora.presets import PRESETS, preset_config  # noqa: E402
+from sdlora.train import load_data, split_for  # noqa: E402
+
+cuda = ui.cuda_device() is not None
 with st.form("train"):
     preset = st.selectbox("Preset", ["(none: the settings below)"] + list(PRESETS),
                           help="One of the paper's experiments (ViT-B/16, its data set, epochs, "

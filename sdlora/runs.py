@@ -36,11 +36,10 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+if TYPE_CHECKING:  # torch and safetensors load only with a checkpoint: listing runs stays light
+    import torch
 
 __all__ = ["RunError", "RunFolder", "RunClaim", "default_runs_root", "demo_runs_root", "list_runs",
            "atomic_write_json", "atomic_write_text", "pid_alive"]
@@ -231,6 +230,9 @@ class RunFolder:
         if not path.exists():
             raise RunError(f"{path} is missing: task {task + 1} of run {self.id} has not "
                            f"finished (finished: {self.completed_tasks()})")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -241,6 +243,8 @@ class RunFolder:
         return tensors, meta
 
     def save_checkpoint(self, task: int, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        from safetensors.torch import save_file
+
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         metadata = {k: json.dumps(v) for k, v in meta.items()}
         _atomic(self.checkpoint_path(task),

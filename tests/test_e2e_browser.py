@@ -1,7 +1,9 @@
 """End to end in a real browser: `streamlit run app.py`, Debian's Chromium driven by Playwright.
 
-Launch a short training from the Train page, wait for it to finish, open Accuracy and find the
-heatmap; screenshots of every page go to test-artifacts/ (kept as CI artefacts).
+The first paint of a freshly started server, watched for 10 s at `/` and at a page's own URL:
+only the titled menu, never the pages/ folder's file-name menu nor "Page not found". Then a
+short training from the Train page, wait for it to finish, open Accuracy and find the heatmap;
+screenshots of every page go to test-artifacts/ (kept as CI artefacts).
 """
 import os
 import socket
@@ -18,6 +20,38 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
 PAGES = ["overview", "train", "accuracy", "magnitudes", "directions", "interpolation", "theory",
          "efficiency"]
+TITLES = ["Overview", "Train", "Accuracy", "Magnitudes", "Directions", "Interpolation", "Theory",
+          "Efficiency"]
+FILE_NAMES = {"app", *PAGES}
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run"]
+
+# Installed before the app's own scripts: on every change of the DOM (and every 100 ms) it looks
+# at every navigation link drawn (Streamlit's sidebar or top menu, st.page_link) and at the h1s,
+# and keeps each text with the time (ms from the first look) it was first seen, and when "Page
+# not found" was first shown.
+WATCH_JS = """(() => {
+  const seen = {links: {}, h1: {}, pageNotFound: null, looks: 0};
+  const t0 = performance.now();
+  const note = (bag, items) => items.forEach(
+      t => { if (t && !(t in bag)) bag[t] = Math.round(performance.now() - t0); });
+  const lastLine = (e) => e.innerText.trim().split("\\n").pop().trim();
+  const look = () => {
+    if (!document.body) return;
+    seen.looks += 1;
+    note(seen.links, Array.from(document.querySelectorAll(
+        '[data-testid="stSidebarNavLink"], [data-testid="stSidebarNav"] a, ' +
+        '[data-testid="stTopNavLink"], [data-testid="stTopNav"] a, ' +
+        '[data-testid="stPageLink"] a'), lastLine));
+    note(seen.h1, Array.from(document.querySelectorAll('h1'), e => e.innerText.trim()));
+    if (seen.pageNotFound === null && document.body.innerText.includes("Page not found"))
+      seen.pageNotFound = Math.round(performance.now() - t0);
+  };
+  new MutationObserver(look).observe(document, {subtree: true, childList: true,
+                                                characterData: true});
+  setInterval(look, 100);
+  window.__firstPaint = seen;
+})();"""
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -61,15 +95,45 @@ def server(tmp_path):
             pass
 
 
+@pytest.mark.parametrize("path, title", [("", "SD-LoRA Lab"), ("/accuracy", "Accuracy")])
+def test_first_paint_is_the_titled_menu(server, path, title):
+    """A fresh server, its first page load watched for 10 s (every DOM change and every 100 ms;
+    a screenshot a second): Streamlit's own menu of the pages/ folder's file names and "Page
+    not found" never appear; the titled menu and the page's title do."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    shots = ARTIFACTS / f"first-paint{path.replace('/', '-') or '-root'}"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.add_init_script(WATCH_JS)
+        start = time.monotonic()
+        page.goto(url + path, wait_until="commit")
+        while (elapsed := time.monotonic() - start) < 10:
+            page.screenshot(path=str(shots / f"{elapsed:05.2f}s.png"))
+            page.wait_for_timeout(1000)
+        seen = page.evaluate("window.__firstPaint")
+        browser.close()
+    assert seen["looks"] >= 50, f"only {seen['looks']} looks at the page in 10 s"
+    # The folder's menu names pages by file: app, accuracy, ... (lower case)
+    folder_menu = {t: ms for t, ms in seen["links"].items() if t in FILE_NAMES}
+    assert not folder_menu, f"the pages/ folder's menu was drawn (ms after the first look): " \
+                            f"{folder_menu}"
+    assert seen["pageNotFound"] is None, \
+        f"a 'Page not found' dialog was shown at {seen['pageNotFound']} ms"
+    assert set(seen["links"]) == set(TITLES), f"menu links seen: {seen['links']}"
+    assert title in seen["h1"], f"the page's title {title!r} did not appear within 10 s"
+
+
 def test_train_in_browser_then_see_the_heatmap(server):
     from playwright.sync_api import expect, sync_playwright
 
     url, cache = server
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url + "/train")
         page.get_by_text("Queue selected method(s)").wait_for(timeout=60_000)

@@ -1,5 +1,10 @@
 """``python -m sdlora analyse RUN [--what ...] [--html DIR]``: every figure as HTML (and PNG
-where a static export works offline) and the numbers behind it as CSV."""
+where a static export works offline) and the numbers behind it as CSV.
+
+Each figure's HTML and CSV are written as soon as it is made; the PNGs come last, all from one
+headless browser (kaleido), so a run without a Chrome/Chromium still gets everything else. A
+progress bar (stderr) counts the analyses, then the PNGs.
+"""
 from __future__ import annotations
 
 import logging
@@ -12,6 +17,7 @@ log = logging.getLogger(__name__)
 
 WHAT = ["accuracy", "magnitudes", "residuals", "interpolation", "efficiency", "distances",
         "theory", "landscape"]
+PNG_SIZE = dict(width=1000, height=560)
 
 
 def add_parser(sub) -> None:
@@ -22,22 +28,61 @@ def add_parser(sub) -> None:
                    help=f"any of: {', '.join(WHAT)} (distances fine-tunes one model per task)")
     p.add_argument("--html", default=None, help="output folder (default: <run>/analyses/figures)")
     p.add_argument("--points", type=int, default=11, help="interpolation points")
+    p.add_argument("--no-png", action="store_true", help="HTML and CSV only (no browser)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_analyse)
 
 
-def _export(fig, frame: pd.DataFrame | None, out: Path, name: str) -> list[str]:
-    out.mkdir(parents=True, exist_ok=True)
-    written = [str(out / f"{name}.html")]
-    fig.write_html(written[0], include_plotlyjs="cdn")
-    if frame is not None:
-        frame.to_csv(out / f"{name}.csv", index=False)
-        written.append(str(out / f"{name}.csv"))
-    try:
-        fig.write_image(str(out / f"{name}.png"), width=1000, height=560)
-        written.append(str(out / f"{name}.png"))
-    except Exception as err:  # kaleido needs a Chrome/Chromium; HTML and CSV are enough
-        log.warning("no PNG for %s (static export unavailable: %s)", name, str(err)[:120])
-    return written
+class Figures:
+    """Writes each figure's HTML and CSV to `out` at once and keeps it for the PNG pass."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.written: list[str] = []
+        self.pending: list[tuple[object, Path]] = []
+
+    def add(self, fig, frame: pd.DataFrame | None, name: str) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        html = self.out / f"{name}.html"
+        fig.write_html(html, include_plotlyjs="cdn")
+        self.written.append(str(html))
+        if frame is not None:
+            frame.to_csv(self.out / f"{name}.csv", index=False)
+            self.written.append(str(self.out / f"{name}.csv"))
+        self.pending.append((fig, self.out / f"{name}.png"))
+
+    def write_pngs(self, bar=None) -> None:
+        """Every pending PNG from one headless browser; a figure that fails is named and
+        skipped; without a browser, none (HTML and CSV are enough)."""
+        import asyncio
+
+        try:
+            import kaleido
+        except ImportError as err:
+            log.warning("no PNGs (kaleido is not installed: %s)", err)
+            return
+        async def export() -> None:
+            # mathjax=False: no figure uses LaTeX, and its default source is a CDN (offline here)
+            async with kaleido.Kaleido(n=1, timeout=120, mathjax=False) as k:
+                for fig, path in self.pending:
+                    try:
+                        await k.write_fig(fig, path=path, opts=PNG_SIZE, cancel_on_error=True)
+                        self.written.append(str(path))
+                    except Exception as err:  # one bad figure does not cost the others
+                        log.warning("no PNG for %s (%s)", path.name, str(err)[:160])
+                    if bar is not None:
+                        bar.update()
+
+        try:
+            asyncio.run(export())
+        except Exception as err:  # no browser found or it did not start: HTML and CSV are enough
+            log.warning("no PNGs (static export unavailable: %s)", str(err)[:160])
+
+
+def _quiet_browser_logs() -> None:
+    """kaleido and choreographer log every tab at INFO; the CLI's INFO is for the analyses."""
+    for name in ("kaleido", "choreographer", "logistro"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _check_writable(folder: Path, what: str) -> None:
@@ -58,6 +103,8 @@ def _check_writable(folder: Path, what: str) -> None:
 
 
 def run_analyse(args) -> int:
+    from tqdm import tqdm
+
     from ..config import ConfigError
     from ..runs import RunFolder
     from . import core, figures, landscape, theory
@@ -80,44 +127,70 @@ def run_analyse(args) -> int:
     _check_writable(run.analyses_dir, "the run's analyses cache")
     run.config()  # a damaged config.json is named here, before anything is computed
     metrics = run.metrics()
-    run.completed_tasks()  # a metrics row whose checkpoint is missing is named here
-    written: list[str] = []
+    _quiet_browser_logs()
+    done = run.completed_tasks()  # a metrics row whose checkpoint is missing is named here
+    boundaries = list(range(2, done + 1)) if "interpolation" in args.what else []
+    steps = sum(w in args.what for w in WHAT if w != "interpolation") + len(boundaries)
+    bar = tqdm(total=steps, desc="analyses", unit="step", disable=args.quiet, leave=True)
+    figs = Figures(out)
+
+    def step(name: str) -> None:
+        bar.set_postfix_str(name, refresh=True)
+
     if "accuracy" in args.what:
+        step("accuracy")
         R = metrics["accuracy_matrix"]
-        written += _export(figures.accuracy_heatmap(R), core.accuracy_matrix_frame(R).reset_index(),
-                           out, "accuracy_matrix")
-        written += _export(figures.forgetting_curves(R), None, out, "per_task_accuracy")
+        figs.add(figures.accuracy_heatmap(R), core.accuracy_matrix_frame(R).reset_index(),
+                 "accuracy_matrix")
+        figs.add(figures.forgetting_curves(R), None, "per_task_accuracy")
+        bar.update()
     if "magnitudes" in args.what:
+        step("magnitudes")
         series = core.magnitude_series(run)
         if len(series):
-            written += _export(figures.magnitude_figure(series), series, out, "magnitudes")
+            figs.add(figures.magnitude_figure(series), series, "magnitudes")
         else:
             log.info("magnitudes: method %s has none", metrics["method"])
+        bar.update()
     if "residuals" in args.what:
+        step("residuals")
         series = core.residual_series(run)
         if len(series):
-            written += _export(figures.residual_figure(series), series, out, "residual_series")
+            figs.add(figures.residual_figure(series), series, "residual_series")
         table = core.residuals_at_task_end(run)
         if len(table) and any(c.startswith("block") for c in table.columns):
-            written += _export(figures.residual_bars(table), table, out, "residuals_task_end")
-    if "interpolation" in args.what and run.completed_tasks() >= 2:
-        panels = {}
-        for t in range(2, run.completed_tasks() + 1):
-            frame = pd.DataFrame(core.cached(
-                run, f"interpolation_task{t}_{args.points}",
-                lambda t=t: core.interpolate(run, t, args.points).to_dict("records")))
-            panels[f"task {t}"] = frame
-            written += _export(figures.interpolation_figure({run.id: frame}, t), frame, out,
-                               f"interpolation_task{t}")
+            figs.add(figures.residual_bars(table), table, "residuals_task_end")
+        bar.update()
+    if boundaries:
+        from ..config import TrainConfig
+        from ..train import load_data
+
+        benchmark = None  # loaded once for every boundary, and only if one is not cached
+        for t in boundaries:
+            step(f"interpolation, task {t - 1} to {t}")
+
+            def compute(t=t):
+                nonlocal benchmark
+                benchmark = benchmark or load_data(TrainConfig.from_dict(run.config()))
+                return core.interpolate(run, t, args.points,
+                                        benchmark=benchmark).to_dict("records")
+            frame = pd.DataFrame(core.cached(run, f"interpolation_task{t}_{args.points}",
+                                             compute))
+            figs.add(figures.interpolation_figure({run.id: frame}, t), frame,
+                     f"interpolation_task{t}")
+            bar.update()
     if "efficiency" in args.what:
+        step("efficiency")
         eff = core.cached(run, "efficiency", lambda: core.efficiency(run))
         frame = pd.DataFrame(eff["per_task"])
         frame["step_ms_median"] = eff["step_ms_median"][: len(frame)] + [np.nan] * max(
             0, len(frame) - len(eff["step_ms_median"]))
-        written += _export(figures.step_cost_figure([dict(label=run.id, method=eff["method"],
-                                                          step_ms=eff["step_ms_median"])]),
-                           frame, out, "efficiency")
+        figs.add(figures.step_cost_figure([dict(label=run.id, method=eff["method"],
+                                                step_ms=eff["step_ms_median"])]),
+                 frame, "efficiency")
+        bar.update()
     if "distances" in args.what:
+        step("distances (fine-tunes one model per task)")
         from ..config import TrainConfig
         config = TrainConfig.from_dict(run.config())
         deltas = core.cached(run, "task_specific_deltas_norms", lambda: {
@@ -125,15 +198,25 @@ def run_analyse(args) -> int:
             for k, v in core.task_specific_weights(config).items()})
         for scope, matrix in deltas.items():
             m = np.array(matrix)
-            written += _export(figures.distance_heatmap(m, f"Relative distances ({scope} weights)"),
-                               pd.DataFrame(m), out, f"distances_{scope}")
+            figs.add(figures.distance_heatmap(m, f"Relative distances ({scope} weights)"),
+                     pd.DataFrame(m), f"distances_{scope}")
+        bar.update()
     if "theory" in args.what:
+        step("theory")
         result = theory.matrix_factorisation_dynamics()
         frame = pd.DataFrame(result["singular_values"], index=result["iterations"])
-        written += _export(figures.theorem_figure(result), frame.reset_index(), out, "theorem1")
+        figs.add(figures.theorem_figure(result), frame.reset_index(), "theorem1")
+        bar.update()
     if "landscape" in args.what:
+        step("landscape")
         result = landscape.toy_landscape()
-        written += _export(figures.landscape_figure(result), None, out, "landscape")
-    for path in written:
+        figs.add(figures.landscape_figure(result), None, "landscape")
+        bar.update()
+    bar.close()
+    if not args.no_png and figs.pending:
+        with tqdm(total=len(figs.pending), desc="PNG images (one browser)", unit="png",
+                  disable=args.quiet) as png_bar:
+            figs.write_pngs(png_bar)
+    for path in figs.written:
         print(path)
     return 0

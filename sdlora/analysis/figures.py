@@ -14,7 +14,7 @@ __all__ = [
     "METHOD_COLOURS", "task_colour", "accuracy_heatmap", "accuracy_curves", "forgetting_curves",
     "magnitude_figure", "residual_figure", "residual_bars", "distance_heatmap",
     "interpolation_figure", "theorem_figure", "landscape_figure", "step_cost_figure",
-    "mean_curve_figure",
+    "mean_curve_figure", "step_cost_curve_figure",
 ]
 
 METHOD_COLOURS = {
@@ -236,3 +236,29 @@ def step_cost_figure(rows: list[dict]) -> go.Figure:
                                  hovertemplate="task %{x}: %{y:.1f} ms<extra></extra>"))
     return _layout(fig, "Median training-step time against the number of tasks learned",
                    "task", "step time (ms)")
+
+
+def step_cost_curve_figure(result: dict) -> go.Figure:
+    """`bench/step_cost.py --json`'s result: a training step's cost against the number of tasks
+    learned, as a ratio to the first task's step, for SD-LoRA as trained here and for the
+    released code's per-task branches (and SD-LoRA with autograd handling the frozen
+    magnitudes, dotted). Hover shows the milliseconds."""
+    fig = go.Figure()
+    curves = [("sd_lora", "SD-LoRA here (composed weights, fused pass)", "solid",
+               method_colour("sd-lora")),
+              ("autograd", "SD-LoRA, autograd for the frozen magnitudes", "dot", "#ff9896"),
+              ("released", "released code: one branch per task on every token", "solid",
+               "#1f77b4")]
+    for key, name, dash, colour in curves:
+        curve = result.get(key)
+        if not curve:
+            continue
+        fig.add_trace(go.Scatter(
+            x=result["tasks"], y=curve["ratio"], mode="lines+markers", name=name,
+            line=dict(color=colour, dash=dash), customdata=curve["step_ms"],
+            hovertemplate="%{x} tasks: %{y:.3f}x the first task's step (%{customdata:.1f} ms)"
+                          "<extra></extra>"))
+    fig.add_hline(y=1.0, line=dict(color="#999", dash="dash", width=1))
+    return _layout(fig, "Training-step cost against the number of tasks learned",
+                   "number of tasks learned (the step is on the last one)",
+                   "step time / first task's step time")
