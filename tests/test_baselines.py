@@ -292,3 +292,21 @@ def test_baseline_options_are_validated_with_clear_errors():
         _cfg(method="inflora", l2p_variant="l2p++")
     assert _cfg(method="l2p", l2p_variant="l2p++").prompt_shape() == (30, 20)
     assert math.isclose(_cfg(method="l2p").pull_weight, 0.1)
+
+
+def test_efficiency_counts_the_query_pass_and_only_what_trains(trained_runs):
+    from sdlora.analysis.core import efficiency
+
+    _, runs = trained_runs
+    inflora, l2p = efficiency(runs["inflora"]), efficiency(runs["l2p"])
+    # InfLoRA: the task's B (6 blocks x k, v x 192 x rank 10); one plain pass after merging
+    assert inflora["per_task"][-1]["learnable"] == 6 * 2 * 192 * 10
+    assert inflora["per_task"][-1]["stored_adapter"] == 2 * 2 * (6 * 2 * 192 * 10)  # A+B, 2 tasks
+    assert inflora["per_task"][-1]["stored_features"] > 0  # the DualGPM bases
+    assert inflora["mergeable"] and inflora["forward_passes"] == 1
+    assert inflora["gflops_per_image"] == pytest.approx(inflora["gflops_plain"], rel=1e-9)
+    # L2P: pool 10 x length 5 x 192 + 10 keys; the query pass and a longer prompted pass
+    assert l2p["per_task"][-1]["learnable"] == 10 * 5 * 192 + 10 * 192
+    assert not l2p["mergeable"] and l2p["forward_passes"] == 2
+    assert l2p["gflops_per_image"] > 2 * l2p["gflops_plain"]
+    assert l2p["table5"]["gflops"] == l2p["gflops_per_image"]
