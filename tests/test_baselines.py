@@ -310,3 +310,24 @@ def test_efficiency_counts_the_query_pass_and_only_what_trains(trained_runs):
     assert not l2p["mergeable"] and l2p["forward_passes"] == 2
     assert l2p["gflops_per_image"] > 2 * l2p["gflops_plain"]
     assert l2p["table5"]["gflops"] == l2p["gflops_per_image"]
+
+
+@pytest.mark.parametrize("kw", VARIANTS[:2], ids=["inflora", "l2p"])
+def test_resume_after_the_first_task_gives_the_same_numbers(trained_runs, tmp_path, kw):
+    bench, runs = trained_runs
+
+    class Stop(Exception):
+        pass
+
+    def stop(task, metrics):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(_cfg(**kw), out=tmp_path / "run", progress=False, benchmark=bench,
+              on_task_end=stop)
+    resumed = train(resume=tmp_path / "run", progress=False, benchmark=bench)
+    reference = runs[kw["method"]].metrics()
+    assert resumed.metrics()["accuracy_matrix"] == reference["accuracy_matrix"]
+    assert resumed.metrics()["task_info"] == reference["task_info"]
+    losses = lambda run: [s["loss"] for s in run.steps() if s["task"] == 1]  # noqa: E731
+    assert losses(resumed) == losses(runs[kw["method"]]) and losses(resumed)
