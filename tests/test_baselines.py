@@ -229,8 +229,8 @@ def test_dualgpm_keeps_the_energy_and_switches_to_the_complement_past_half():
     U = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
     cov = U[:, :3] @ torch.diag(torch.tensor([9.0, 4.0, 1.0], dtype=torch.float64)) @ U[:, :3].T
     basis, kind = dualgpm_update(None, "remove", cov, 0.98)
-    # energies 81, 16, 1 of 98: 0.827, 0.990 -> two directions reach 0.98 after... r counts the
-    # prefix sums below eps: [0.827] -> 1 column (the released code's rule)
+    # energies 81, 16, 1 of 98, cumulative 0.827, 0.990, 1: r counts the cumulative shares
+    # below eps (the released code's rule), so 1 column
     assert kind == "remove" and basis.shape[1] == 1
     assert torch.allclose((basis @ basis.T) @ U[:, 0], U[:, 0], atol=1e-8)
     wide = U[:, :12] @ U[:, :12].T  # a flat spectrum over 12 of 16 directions
@@ -238,6 +238,11 @@ def test_dualgpm_keeps_the_energy_and_switches_to_the_complement_past_half():
     assert kind == "retain" and basis.shape[1] == d - 12
     assert torch.allclose(basis.T @ U[:, :12], torch.zeros(4, 12, dtype=torch.float64),
                           atol=1e-8)
+    # A first task that fills more than half the space starts as the complement, too (11 of
+    # the 12 equal shares stay below 0.99, so 11 protected directions, 5 complement columns)
+    basis, kind = dualgpm_update(None, "remove", wide, 0.99)
+    assert kind == "retain" and basis.shape[1] == d - 11
+    assert torch.allclose(basis @ basis.T @ U[:, 12:], U[:, 12:], atol=1e-8)
 
 
 def test_g7_counts_and_passes_on_vit_b16_shapes():
