@@ -19,7 +19,9 @@ _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "var
           "weight_decay": float, "schedule": str, "rank": int, "kd_tau": float,
           "new_magnitude_init": float, "seed": int, "device": str, "data_root": str,
           "class_order_seed": int, "amp": str, "num_workers": int, "joint_adapter": str,
-          "holdout": str, "val_fraction": float}
+          "holdout": str, "val_fraction": float,
+          "l2p_variant": str, "prompt_pool": int, "prompt_length": int, "prompt_top_k": int,
+          "pull_weight": float, "gpm_eps_start": float, "gpm_eps_end": float}
 
 
 def _train_parser(sub) -> None:
@@ -32,7 +34,14 @@ def _train_parser(sub) -> None:
              "holdout": "'test', or 'validation' (train minus a held-out part of the training "
                         "set, evaluated on that part: for choosing hyperparameters)",
              "data_root": "folder of a file benchmark (default $SDLORA_DATA/<benchmark>)",
-             "amp": "'none' or 'bf16' (CUDA autocast)", "device": "auto, cpu or cuda"}
+             "amp": "'none' or 'bf16' (CUDA autocast)", "device": "auto, cpu or cuda",
+             "l2p_variant": "l2p only: 'l2p' (prompt tokens) or 'l2p++' (prefix, pool 30 x 20)",
+             "prompt_pool": "l2p: prompts in the pool (default: the variant's, 10 or 30)",
+             "prompt_length": "l2p: tokens per prompt (default: the variant's, 5 or 20)",
+             "prompt_top_k": "l2p: prompts chosen per image",
+             "pull_weight": "l2p: weight of the key-query pull",
+             "gpm_eps_start": "inflora: DualGPM threshold after task 1",
+             "gpm_eps_end": "inflora: the threshold it rises to by the last task"}
     for name, kind in _FLAGS.items():
         default = getattr(defaults, name)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["TrainConfig", "METHODS", "JOINT_ADAPTERS", "ConfigError"]
+__all__ = ["TrainConfig", "METHODS", "JOINT_ADAPTERS", "L2P_VARIANTS", "ConfigError"]
 
 # Method name -> one line of what it is (the table in sdlora.methods gives the behaviour).
 METHODS: dict[str, str] = {
@@ -24,7 +24,15 @@ METHODS: dict[str, str] = {
                  "gradient step (Zhou et al. 2023)",
     "joint": "reference (upper bound): all classes learned at once as one task, same epochs; "
              "adapter chosen by joint_adapter",
+    "inflora": "baseline: LoRA on k and v with A fixed orthogonal to earlier tasks' input "
+               "subspace (DualGPM), only B trains, merged after each task (Liang & Li 2024)",
+    "l2p": "baseline: a pool of prompts chosen per image by a frozen query, frozen backbone "
+           "(Wang et al. 2022); l2p_variant 'l2p++' is CODA-Prompt's prefix form",
 }
+
+# L2P's variants: (pool, length) defaults. 'l2p': prompt tokens after the class token, head on
+# the mean of the prompt outputs; 'l2p++': prefix keys/values at block 0, head on the class token.
+L2P_VARIANTS = {"l2p": (10, 5), "l2p++": (30, 20)}
 
 # Adapters the `joint` upper bound can train with (rows of sdlora.model.TRAITS).
 JOINT_ADAPTERS = ("lora", "sd-lora", "full-ft")
@@ -117,6 +125,14 @@ class TrainConfig:
     new_magnitude_init: float | None = 0.0  # tasks >= 2: start of the new alpha_t (None: magnitude_init)
     head_lr_scale: float = 1.0  # head learning rate = lr * head_lr_scale
     residual_every: int = 10  # record the current direction's residual every N steps (0: never)
+    # Baselines (sdlora.methods.l2p, sdlora.methods.inflora; InfLoRA's rank is `rank`).
+    l2p_variant: str = "l2p"  # l2p only: 'l2p' or 'l2p++' (L2P_VARIANTS)
+    prompt_pool: int | None = None  # l2p: prompts in the pool (None: the variant's, 10 / 30)
+    prompt_length: int | None = None  # l2p: tokens per prompt (None: the variant's, 5 / 20)
+    prompt_top_k: int = 5  # l2p: prompts chosen per image
+    pull_weight: float = 0.1  # l2p: weight of the key-query pull, loss -= w * sum cos / B
+    gpm_eps_start: float = 0.98  # inflora: DualGPM energy threshold after the first task ...
+    gpm_eps_end: float = 1.0  # ... rising linearly, eps_t = start + (end - start) * t / tasks
     device: str = "auto"  # 'auto', 'cpu' or 'cuda'
     eval_batch_size: int = 256
     extra: dict = field(default_factory=dict)  # free-form notes carried into the run folder
@@ -178,6 +194,37 @@ class TrainConfig:
         if isinstance(self.residual_every, bool) or not isinstance(self.residual_every, int) \
                 or self.residual_every < 0:
             raise ConfigError(f"residual_every={self.residual_every} must be >= 0")
+        self._validate_baselines()
+
+    def _validate_baselines(self) -> None:
+        _choice("l2p_variant", self.l2p_variant, list(L2P_VARIANTS))
+        for name in ("prompt_pool", "prompt_length"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name), integer=True)
+        _positive("prompt_top_k", self.prompt_top_k, integer=True)
+        pool, length = self.prompt_shape()
+        if self.prompt_top_k > pool:
+            raise ConfigError(f"prompt_top_k={self.prompt_top_k} is more than the pool of "
+                              f"{pool} prompts; choose 1..{pool}")
+        if self.l2p_variant == "l2p++" and length % 2:
+            raise ConfigError(f"prompt_length={length} is odd; l2p++ splits a prompt into equal "
+                              f"key and value halves, so it must be even")
+        if isinstance(self.pull_weight, bool) or not isinstance(self.pull_weight, (int, float)) \
+                or self.pull_weight < 0:
+            raise ConfigError(f"pull_weight={self.pull_weight!r} is not valid; it must be a "
+                              f"number >= 0")
+        if not 0 < self.gpm_eps_start <= self.gpm_eps_end <= 1:
+            raise ConfigError(f"gpm_eps_start={self.gpm_eps_start}, gpm_eps_end="
+                              f"{self.gpm_eps_end} are not valid; need 0 < start <= end <= 1")
+        if self.method != "l2p" and self.l2p_variant != "l2p":
+            raise ConfigError(f"l2p_variant={self.l2p_variant!r} applies to method 'l2p' only, "
+                              f"not {self.method!r}")
+
+    def prompt_shape(self) -> tuple[int, int]:
+        """L2P's (pool, length): the options, or the variant's defaults."""
+        pool, length = L2P_VARIANTS[self.l2p_variant]
+        return (self.prompt_pool if self.prompt_pool is not None else pool,
+                self.prompt_length if self.prompt_length is not None else length)
 
     def rank_for_task(self, task: int) -> int:
         """Rank of task `task` (0-based). Eqn. 6 for sd-lora-rr with 1-based mu, nu."""

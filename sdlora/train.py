@@ -332,6 +332,13 @@ def _train_task(model: ContinualMethod, config: TrainConfig, split: TaskSplit, b
     model.begin_task(task, len(classes), generator)
     if not model.trains_by_gradient:
         return _fit_task(model, config, split, benchmark, task, run, device)
+    data = split.task_data(benchmark.train, task)
+    data = data.with_labels(data.labels - classes.start)
+    if isinstance(data, ArrayDataset):
+        data = ArrayDataset(data.images.to(device), data.labels.to(device))
+    # A pass over the task's data before the first step, for methods that need one (InfLoRA).
+    model.prepare_task(lambda: batches(data, config.batch_size, device,
+                                       num_workers=config.num_workers))
     groups = model.trainable_parameters()
     # The frozen components' magnitudes step in one fused pass with their gradients
     # (sdlora/fused.py); everything else through torch.optim.
@@ -339,10 +346,6 @@ def _train_task(model: ContinualMethod, config: TrainConfig, split: TaskSplit, b
     groups = {name: [p for p in group if p.requires_grad] for name, group in groups.items()}
     optimizer = _optimizer(groups, config)
     optimizers = [optimizer] + ([fused] if fused is not None and fused.trains else [])
-    data = split.task_data(benchmark.train, task)
-    data = data.with_labels(data.labels - classes.start)
-    if isinstance(data, ArrayDataset):
-        data = ArrayDataset(data.images.to(device), data.labels.to(device))
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total = config.epochs * steps_per_epoch
     schedulers = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, total) for o in optimizers]

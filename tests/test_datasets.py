@@ -162,3 +162,45 @@ def test_gpu_check_inputs_load_through_the_real_paths(tmp_path, monkeypatch):
     root = gpu_check.make_imagenet_r(tmp_path / "r", classes=200, per_class=3, size=32)
     bench = load_file_benchmark("imagenet-r", root, 28, split_seed=0)
     assert len(set(bench.train.labels.tolist()) | set(bench.test.labels.tolist())) == 200
+
+
+@pytest.mark.parametrize("method", ["inflora", "l2p"])
+def test_baselines_train_through_a_preset_with_local_weights(tmp_path, method):
+    """A preset's path for the baselines: ImageNet-R folder, local weights file, the timm tag's
+    224-pixel input; stopped after the first task (one step of batch 128)."""
+    import importlib.util
+    from pathlib import Path
+
+    from sdlora.train import load_data, load_model, train
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", script)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    weights = gpu_check.make_weights("vit_tiny_patch16_224", tmp_path / "w.safetensors")
+    _class_folders(tmp_path / "r", per_class=2)
+    cfg = preset_config("imagenet-r-20", method=method, backbone="vit_tiny_patch16_224",
+                        weights=str(weights), data_root=str(tmp_path / "r"), epochs=1,
+                        num_workers=0, device="cpu")
+    assert (cfg.tasks, cfg.lr, cfg.batch_size) == (20, 0.008, 128)
+
+    class Stop(Exception):
+        pass
+
+    def stop(task, metrics):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, out=tmp_path / "run", progress=False, benchmark=load_data(cfg),
+              on_task_end=stop)
+    model = load_model(tmp_path / "run", 0)
+    assert model.head.num_classes == 10 and type(model).__name__ == {
+        "inflora": "InfLoRA", "l2p": "L2P"}[method]
+    from safetensors.torch import load_file
+    saved = load_file(str(weights))["blocks.0.attn.qkv.weight"]
+    if method == "l2p":  # frozen backbone: the local weights as loaded
+        assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, saved)
+    else:  # InfLoRA merged task 1's B A into the k and v rows only
+        q = slice(0, 192)
+        assert torch.equal(model.backbone.blocks[0].attn.qkv.weight[q], saved[q])
+        assert not torch.equal(model.backbone.blocks[0].attn.qkv.weight, saved)

@@ -293,10 +293,18 @@ def relative_distances(deltas: list[np.ndarray]) -> np.ndarray:
 def efficiency(run: RunFolder | str | Path) -> dict:
     """Parameters learned per task and stored after each task, inference GFLOPs of the merged
     model against the plain ViT, stored samples (none: rehearsal-free), and the median
-    training-step time of each task."""
+    training-step time of each task.
+
+    Every method of `sdlora.methods`: ``learnable`` is what trains on the task besides the head
+    (the LoRA family: the task's A, B and magnitudes; InfLoRA: the task's B, its A is fixed;
+    L2P: the prompt pool and keys); ``stored_features`` what is kept besides weights (InfLoRA's
+    DualGPM bases, Table 5's 'stored features'); ``gflops_per_image`` what one test image costs,
+    counting the frozen query pass of prompt methods (``forward_passes`` 2), which have no
+    merged form (``gflops_merged`` NaN)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from ..backbone import create_backbone
+    from ..methods import NotMergeable
     from ..train import load_model
 
     run = _run(run)
@@ -307,26 +315,37 @@ def efficiency(run: RunFolder | str | Path) -> dict:
     per_task = []
     for t in range(done):
         tensors, meta = run.checkpoint(t)
-        layout = meta["layout"]
-        stored_adapter = sum(v.numel() for k, v in tensors.items() if k.startswith("adapter."))
-        stored_head = sum(v.numel() for k, v in tensors.items() if k.startswith("head."))
-        stored_backbone = sum(v.numel() for k, v in tensors.items() if k.startswith("backbone."))
-        current = [c for c in layout if c["task"] == t]
-        learnable = sum(tensors[f"adapter.{f}.{c['key']}"].numel() for c in current
-                        for f in ("A", "B"))
-        learnable += sum(1 for k in tensors if k.startswith("adapter.magnitude."))
-        per_task.append(dict(task=t + 1, components=len(layout), learnable=learnable,
-                             stored_adapter=stored_adapter, stored_head=stored_head,
-                             stored_backbone=stored_backbone))
+
+        def stored(*prefixes: str) -> int:
+            return sum(v.numel() for k, v in tensors.items() if k.startswith(prefixes))
+
+        components, learnable = 0, 0
+        if "layout" in meta:  # the LoRA family
+            layout = meta["layout"]
+            components = len(layout)
+            current = [c for c in layout if c["task"] == t]
+            learnable = sum(tensors[f"adapter.{f}.{c['key']}"].numel() for c in current
+                            for f in ("A", "B"))
+            learnable += sum(1 for k in tensors if k.startswith("adapter.magnitude."))
+        elif "components" in meta:  # InfLoRA: the task's B trains, its A is fixed
+            components = len(meta["components"])
+            learnable = tensors[f"adapter.B.{meta['components'][-1]}"].numel()
+        elif config.method == "l2p":
+            learnable = stored("prompt.")
+        per_task.append(dict(task=t + 1, components=components, learnable=learnable,
+                             stored_adapter=stored("adapter.", "prompt."),
+                             stored_head=stored("head.", "prototypes."),
+                             stored_backbone=stored("backbone."),
+                             stored_features=stored("gpm.")))
     if config.method == "full-ft":
         for row in per_task:
             row["learnable"] = row["stored_backbone"]
     steps = pd.DataFrame(run.steps())
     step_ms = (steps.groupby("task")["seconds"].median() * 1e3).round(2).tolist() if len(steps) else []
-    model = load_model(run, done - 1)
-    merged = model.merged().eval()
+    model = load_model(run, done - 1).eval()
+    classes = done * run.checkpoint(done - 1)[1]["classes_per_task"]
     plain, _ = create_backbone(config.backbone, pretrained=False)
-    plain.reset_classifier(model.head.num_classes)
+    plain.reset_classifier(classes)
     x = torch.rand(1, 3, *plain.patch_embed.img_size)
 
     def gflops(net) -> float:
@@ -335,7 +354,18 @@ def efficiency(run: RunFolder | str | Path) -> dict:
             net(x)
         return counter.get_total_flops() / 1e9
 
+    try:
+        gflops_merged, mergeable = gflops(model.merged().eval()), True
+    except NotMergeable:
+        gflops_merged, mergeable = float("nan"), False
+    gflops_unmerged = gflops(model)
+    last = per_task[-1]
     return dict(method=config.method, per_task=per_task, step_ms_median=step_ms,
-                gflops_merged=gflops(merged), gflops_plain=gflops(plain),
-                gflops_unmerged=gflops(model.eval()), stored_samples=0,
-                backbone_params=sum(p.numel() for p in plain.parameters()))
+                gflops_merged=gflops_merged, gflops_plain=gflops(plain),
+                gflops_unmerged=gflops_unmerged, mergeable=mergeable,
+                gflops_per_image=gflops_merged if mergeable else gflops_unmerged,
+                forward_passes=getattr(model, "forward_passes", 1), stored_samples=0,
+                backbone_params=sum(p.numel() for p in plain.parameters()),
+                table5=dict(gflops=gflops_merged if mergeable else gflops_unmerged,
+                            learnable_m=last["learnable"] / 1e6,
+                            stored_features_m=last["stored_features"] / 1e6))

@@ -11,7 +11,15 @@ full-ft, frozen                                      the whole backbone / nothin
 simplecil                ``sdlora.methods.simplecil`` frozen backbone, cosine class-mean
                                                      prototypes (Zhou et al. 2023)
 joint                    ``sdlora.methods.joint``    upper bound: all classes as one task
+inflora                  ``sdlora.methods.inflora``  baseline: k/v LoRA, A fixed by DualGPM
+                                                     projection, only B trains (Liang & Li 2024)
+l2p                      ``sdlora.methods.l2p``      baseline: prompt pool chosen per image by
+                                                     a frozen query (Wang et al. 2022)
 =======================  ==========================  ==========================================
+
+Shared parts for the baselines: ``prefix`` (prefix keys/values inside timm's attention),
+``prompt_tokens`` (prompts after the class token), ``query`` (the frozen query feature),
+``qkv_slices`` (low-rank adapters on slices of ``attn.qkv``), ``covariance`` (input covariance).
 """
 from __future__ import annotations
 
@@ -29,6 +37,8 @@ _FAMILY = ("sdlora.model", "ContinualViT")
 _SPECIAL: dict[str, tuple[str, str]] = {
     "simplecil": ("sdlora.methods.simplecil", "SimpleCIL"),
     "joint": ("sdlora.methods.joint", "Joint"),
+    "inflora": ("sdlora.methods.inflora", "InfLoRA"),
+    "l2p": ("sdlora.methods.l2p", "L2P"),
 }
 
 

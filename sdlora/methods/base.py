@@ -3,7 +3,8 @@
 The training loop (`sdlora.train`) is the same for every method. It calls, per task t:
 
 1. ``begin_task(t, classes, generator)``: grow the classifier by the task's classes and set up
-   what trains on t (new adapter components, prompts, prototypes ...).
+   what trains on t (new adapter components, prompts, prototypes ...); for gradient methods
+   then ``prepare_task(batches)``, which may look at the task's training data first.
 2. If ``trains_by_gradient``: steps the parameters of ``trainable_parameters()`` (groups by name,
    one fresh ``torch.optim`` optimiser per task) on cross-entropy over the current task's logits,
    plus ``auxiliary_loss()`` when the method adds a term (e.g. a key-query pull), plus the
@@ -22,7 +23,7 @@ None: the magnitude and direction analyses read it.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -120,6 +121,12 @@ class ContinualMethod(nn.Module):
     # -- the contract ----------------------------------------------------------------------
     def begin_task(self, task: int, classes: int, generator: torch.Generator) -> None:
         raise NotImplementedError
+
+    def prepare_task(self, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+                     ) -> None:
+        """Gradient methods only, after `begin_task` and before the first step: ``batches()``
+        iterates the task's training data (images, task-local labels) in stored order, as often
+        as called (InfLoRA's input covariance before and after training). Default: nothing."""
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {}
