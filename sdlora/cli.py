@@ -17,6 +17,7 @@ log = logging.getLogger("sdlora")
 _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "variant": str,
           "tasks": int, "epochs": int, "batch_size": int, "lr": float, "optimizer": str,
           "weight_decay": float, "schedule": str, "rank": int, "kd_tau": float,
+          "kd_residual": str,
           "new_magnitude_init": float, "seed": int, "device": str, "data_root": str,
           "class_order_seed": int, "amp": str, "num_workers": int}
 
@@ -28,7 +29,9 @@ def _train_parser(sub) -> None:
     helps = {"method": f"one of: {', '.join(METHODS)}",
              "variant": "sd-lora only: 'paper' or 'released' (the authors' code)",
              "data_root": "folder of a file benchmark (default $SDLORA_DATA/<benchmark>)",
-             "amp": "'none' or 'bf16' (CUDA autocast)", "device": "auto, cpu or cuda"}
+             "amp": "'none' or 'bf16' (CUDA autocast)",
+             "kd_residual": "sd-lora-kd: 'relative' (scale-free, Eqn. 7) or 'absolute' "
+                            "(Algorithm 1 line 11: unnormalised products)", "device": "auto, cpu or cuda"}
     for name, kind in _FLAGS.items():
         default = getattr(defaults, name)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
