@@ -212,6 +212,23 @@ def test_analyse_cli_writes_html_and_csv(tiny_runs, tmp_path):
     assert bad.returncode == 2 and "--what ['everything'] not valid" in bad.stderr
 
 
+def test_kd_that_absorbs_nothing_is_sd_lora(tiny_runs, tmp_path):
+    """scripts/kd_rules.py's shortcut: SD-LoRA-KD's test only reads the model, so a KD run that
+    absorbs nothing is the SD-LoRA run (same accuracy matrix), and the residuals it tests are
+    those recomputed from the SD-LoRA run's checkpoints."""
+    runs, bench = tiny_runs
+    config = TrainConfig.from_dict({**runs["sd-lora"].config(), "method": "sd-lora-kd",
+                                    "kd_residual": "absolute"})
+    m = train(config, out=tmp_path / "kd", progress=False, benchmark=bench).metrics()
+    decisions = m["task_info"][1:]
+    assert [t["absorbed"] for t in decisions] == [False, False]
+    assert m["accuracy_matrix"] == runs["sd-lora"].metrics()["accuracy_matrix"]
+    table = residuals_at_task_end(runs["sd-lora"])
+    assert [t["residual_absolute"] for t in decisions] == pytest.approx(
+        table["model (absolute)"].tolist(), rel=1e-5)
+    assert [t["residual"] for t in decisions] == pytest.approx(table["model"].tolist(), rel=1e-6)
+
+
 def test_seed_groups_never_average_unlike_runs(tiny_runs, tmp_path):
     """Runs are averaged over seeds only when their whole configuration (device and logging
     aside) is the same: another learning rate is another group, labelled by it; an old run
