@@ -131,8 +131,9 @@ def _projection_products(rows: torch.Tensor, vectors: torch.Tensor,
     out = torch.empty(K, vectors.shape[0], P, dtype=torch.float64, device=rows.device)
     step = max(1, chunk_bytes // (8 * P * N))
     for start in range(0, K, step):
-        out[start:start + step] = torch.einsum("kpn,vpn->kvp", rows[start:start + step].double(),
-                                               vectors)
+        chunk = rows[start:start + step].double()  # (c, P, N)
+        for p in range(P):  # a strided (c, N) by (N, V) product per projection: no copies
+            out[start:start + step, :, p] = chunk[:, p] @ vectors[:, p].T
     return out
 
 
@@ -368,7 +369,10 @@ class QVAdapter(nn.Module):
             gram[known:, :] = new.transpose(0, 1)
             self._gram = gram
         ip = _projection_products(flat, U[None]).squeeze(1).cpu()  # (K, P) <D_k[p], U[p]>
-        s_t = normaliser(product.double(), A.double(), B.double(), self.normalisation).cpu()
+        if self.normalisation == "product":
+            s_t = uu.sqrt()  # (P,) ||A_t B_t[p]||_F, as `normaliser` (in float64)
+        else:
+            s_t = normaliser(product.double(), A.double(), B.double(), self.normalisation).cpu()
         s = self._frozen_scales  # (K, P)
         if bool((s_t > 0).all()):
             yy = float((uu / s_t ** 2).sum())  # ||D_t||^2
