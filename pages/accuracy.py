@@ -14,8 +14,10 @@ st.markdown(
     + ui.paper_link("Tables 2-4 and Fig. 2b/c") + ".")
 
 # After the first paint: these imports load torch (seconds on a fresh server).
-from sdlora.analysis import (accuracy_matrix_frame, accuracy_table,  # noqa: E402
-                             curves_by_method, figures)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sdlora.analysis import (accuracy_matrix_frame, accuracy_table, figures,  # noqa: E402
+                             seed_groups)
 from sdlora.runs import RunFolder  # noqa: E402
 
 
@@ -54,16 +56,19 @@ def body() -> None:
     curves = [dict(label=r.id, method=r.metrics()["method"], metrics=r.metrics()) for r in runs]
     table = accuracy_table(runs)
     ui.show(figures.accuracy_curves(curves), table, "accuracy_curves")
-    curves = curves_by_method(runs)
-    if any(len(v) > 1 for v in curves.values()):
-        st.markdown("**Mean ± standard error over seeds** (finished runs of the same method; "
-                    "fixed-first-direction against lora is Fig. 2b/c)")
-        fig = figures.mean_curve_figure(curves, "Accuracy on all seen classes, mean ± s.e. "
-                                                "over seeds")
+    groups = seed_groups(runs)
+    if any(len(g["runs"]) > 1 for g in groups):
+        st.markdown("**Mean ± standard error over seeds**: finished runs whose whole "
+                    "configuration is the same except the seed (device and logging settings "
+                    "aside); a label names the settings in which its group differs from the "
+                    "others. fixed-first-direction against lora is Fig. 2b/c.")
+        fig = figures.mean_curve_figure({g["label"]: g["seen"] for g in groups},
+                                        "Accuracy on all seen classes, mean ± s.e. over seeds")
         ui.show(fig, None, "accuracy_mean")
-    summary = table.groupby("method").agg(runs=("run", "nunique"), acc=("acc", "mean"),
-                                          aaa=("aaa", "mean")).reset_index()
-
+    summary = pd.DataFrame([dict(group=g["label"], runs=len(g["runs"]),
+                                 seeds=", ".join(map(str, g["seeds"])),
+                                 acc=float(np.mean(g["acc"])), aaa=float(np.mean(g["aaa"])))
+                            for g in groups], columns=["group", "runs", "seeds", "acc", "aaa"])
     st.dataframe(summary, hide_index=True)
 
 

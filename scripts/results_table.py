@@ -1,6 +1,7 @@
 """Regenerate the README's results table: every method on the embedded default, 3 seeds.
 
     python scripts/results_table.py [--seeds 0 1 2] [--methods ...] [--root cache/benchmark]
+        [--variant-released] [--kd-absolute]
 
 Runs that already finished under --root are reused (delete the folder to recompute); an
 interrupted run is resumed. Prints a markdown table of Acc and AAA, mean +- standard error over
@@ -22,7 +23,7 @@ from sdlora.runs import RunFolder  # noqa: E402
 from sdlora.train import train  # noqa: E402
 
 ORDER = ["frozen", "full-ft", "lora", "sd-lora", "sd-lora-rr", "sd-lora-kd",
-         "fixed-first-direction", "single-decoupled", "no-rescale"]
+         "fixed-first-direction", "single-decoupled", "no-rescale", "frozen-magnitudes"]
 # Extra rows: full fine-tuning at the shared lr 0.008 wrecks the backbone, so it is also
 # reported at a learning rate suited to updating every weight (stated in its row).
 EXTRA = [("full-ft", dict(lr=1e-4), "full-ft (lr 1e-4)")]
@@ -41,18 +42,25 @@ def main() -> None:
     parser.add_argument("--root", default="cache/benchmark")
     parser.add_argument("--variant-released", action="store_true",
                         help="also run sd-lora with variant='released'")
+    parser.add_argument("--kd-absolute", action="store_true",
+                        help="also run sd-lora-kd with kd_residual='absolute' (Algorithm 1 "
+                             "line 11 as written)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.root)
     jobs = [(m, {}, m) for m in args.methods]
     if args.variant_released:
         jobs.append(("sd-lora", dict(variant="released"), "sd-lora (released code's variant)"))
+    if args.kd_absolute:
+        jobs.append(("sd-lora-kd", dict(kd_residual="absolute"),
+                     "sd-lora-kd (absolute residual, Algorithm 1 line 11)"))
     jobs += [e for e in EXTRA if e[0] in args.methods]
     rows = []
     for method, overrides, label in jobs:
         results = []
         for seed in args.seeds:
-            suffix = "".join(f"-{v}" if k == "variant" else f"-{k}{v}" for k, v in overrides.items())
+            suffix = "".join(f"-{v}" if k in ("variant", "kd_residual") else f"-{k}{v}"
+                             for k, v in overrides.items())
             name = f"{method}{suffix}-s{seed}"
             run = RunFolder(root / name)
             config = TrainConfig(method=method, seed=seed, **overrides)

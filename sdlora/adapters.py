@@ -40,11 +40,25 @@ from .fused import frozen_sum
 __all__ = [
     "Component",
     "QVAdapter",
+    "absolute_residual",
     "least_squares_residual",
     "normalise",
+    "normaliser",
 ]
 
 Normalisation = Literal["product", "factors", "none"]
+
+
+def normaliser(product: torch.Tensor, A: torch.Tensor | None = None,
+               B: torch.Tensor | None = None, kind: Normalisation = "product") -> torch.Tensor:
+    """What `normalise` divides each projection's update by: (P,) (ones for ``none``)."""
+    if kind == "none":
+        return torch.ones(product.shape[0], dtype=product.dtype, device=product.device)
+    if kind == "product":
+        return torch.linalg.matrix_norm(product)  # (P,)
+    if kind == "factors":
+        return torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(B)  # (P,)
+    raise ValueError(f"normalisation={kind!r}; valid: 'product', 'factors', 'none'")
 
 
 def normalise(product: torch.Tensor, A: torch.Tensor | None = None, B: torch.Tensor | None = None,
@@ -57,13 +71,7 @@ def normalise(product: torch.Tensor, A: torch.Tensor | None = None, B: torch.Ten
     """
     if kind == "none":
         return product
-    if kind == "product":
-        norm = torch.linalg.matrix_norm(product)  # (P,)
-    elif kind == "factors":
-        norm = torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(B)  # (P,)
-    else:
-        raise ValueError(f"normalisation={kind!r}; valid: 'product', 'factors', 'none'")
-    return product / norm[:, None, None]
+    return product / normaliser(product, A, B, kind)[:, None, None]
 
 
 def least_squares_residual(target: torch.Tensor, basis: torch.Tensor,
@@ -91,16 +99,48 @@ def least_squares_residual(target: torch.Tensor, basis: torch.Tensor,
     return coef.to(target.dtype), float(residual)
 
 
-def _inner_products(rows: torch.Tensor, vectors: torch.Tensor,
-                    chunk_bytes: int = 16 << 20) -> torch.Tensor:
-    """rows (K, N) float32 against vectors (V, N) float64: (K, V) in float64, converting the
-    rows a chunk at a time (never a float64 copy of the whole buffer)."""
-    K, N = rows.shape
-    out = torch.empty(K, vectors.shape[0], dtype=torch.float64, device=rows.device)
-    step = max(1, chunk_bytes // (8 * N))
+def absolute_residual(target: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Algorithm 1 line 11 as written: ||A_t B_t - sum_k c_k A_k B_k||_F of the *unnormalised*
+    products, over all adapted projections at once with one coefficient per earlier task.
+
+    Args:
+        target: (P, m, n) the new product A_t B_t.
+        basis: (K, P, m, n) the earlier products A_k B_k.
+
+    Returns:
+        the coefficients (K,) minimising that norm (least squares over the P stacked
+        projections) and the norm itself, in the units of the weights. With one projection it
+        is ||A_t B_t||_F times `least_squares_residual`'s relative residual (the same span, the
+        target scaled); with P projections the two fits weigh the projections differently (here
+        by the size of each product, there equally). ||A_t B_t||_F when K = 0.
+    """
+    y = target.reshape(-1).double()
+    if basis.shape[0] == 0:
+        return torch.zeros(0, dtype=target.dtype), float(torch.linalg.vector_norm(y))
+    X = basis.reshape(basis.shape[0], -1).double().T  # (P*m*n, K)
+    coef = torch.linalg.lstsq(X, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)  # (K,)
+    return coef.to(target.dtype), float(torch.linalg.vector_norm(y - X @ coef))
+
+
+def _projection_products(rows: torch.Tensor, vectors: torch.Tensor,
+                         chunk_bytes: int = 16 << 20) -> torch.Tensor:
+    """Per-projection inner products of rows (K, P, N) float32 with vectors (V, P, N) float64:
+    (K, V, P) in float64, converting the rows a chunk at a time (never a float64 copy of the
+    whole buffer). One pass over the rows: K * V * P * N multiply-adds."""
+    K, P, N = rows.shape
+    out = torch.empty(K, vectors.shape[0], P, dtype=torch.float64, device=rows.device)
+    step = max(1, chunk_bytes // (8 * P * N))
     for start in range(0, K, step):
-        out[start:start + step] = rows[start:start + step].double() @ vectors.T
+        chunk = rows[start:start + step].double()  # (c, P, N)
+        for p in range(P):  # a strided (c, N) by (N, V) product per projection: no copies
+            out[start:start + step, :, p] = chunk[:, p] @ vectors[:, p].T
     return out
+
+
+def _solve(gram: torch.Tensor, b: torch.Tensor, yy: float) -> float:
+    """||y - X c|| for the least-squares c, from X^T X, X^T y and y^T y (all float64)."""
+    coef = torch.linalg.lstsq(gram, b.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    return max(yy - float(b @ coef), 0.0) ** 0.5
 
 
 @dataclass
@@ -145,7 +185,11 @@ class QVAdapter(nn.Module):
         # and kept up to date by `sdlora.fused.FrozenMagnitudes` (None: computed from the
         # magnitudes). Registered (as None when absent), never saved: `tensors` picks what is.
         self.register_parameter("frozen_sum", None)
-        self._gram: torch.Tensor | None = None  # (K, K) float64 Gram matrix of the buffer
+        # Per frozen direction and projection, what `normalise` divided its product by, so
+        # A_k B_k = scale[k, p] * D_k[p] (K, P) float64 on the CPU; and, for the step logs'
+        # residuals, the per-projection Gram matrix <D_j[p], D_k[p]> (K, K, P) float64.
+        self._frozen_scales = torch.zeros(0, 2 * depth, dtype=torch.float64)
+        self._gram: torch.Tensor | None = None
 
     # -- structure -------------------------------------------------------------------------
     @property
@@ -190,12 +234,17 @@ class QVAdapter(nn.Module):
         A, B = self.A[key], self.B[key]
         return normalise(A @ B, A, B, self.normalisation)
 
+    def _scale(self, key: str) -> torch.Tensor:
+        """(P,) float64 on the CPU: A B = scale[p] * direction[p] for component `key`."""
+        A, B = self.A[key].detach().double(), self.B[key].detach().double()
+        return normaliser(A @ B, A, B, self.normalisation).cpu()
+
     def _directions_change(self, rebuilt: bool = False) -> None:
         if self.frozen_sum is not None:
             raise RuntimeError("the frozen components change while a FrozenMagnitudes step "
                                "caches their sum; close() it first")
         if rebuilt:
-            self._gram = None  # freezing only appends rows, which residual_of_current adds
+            self._gram = None  # freezing only appends rows, which residuals_of_current adds
 
     def freeze_current(self) -> None:
         """Freeze the current component: its direction joins the dense buffer."""
@@ -209,6 +258,7 @@ class QVAdapter(nn.Module):
         self.B[component.key].requires_grad_(False)
         component.frozen = True
         self.frozen_directions = torch.cat([self.frozen_directions, direction[None]])
+        self._frozen_scales = torch.cat([self._frozen_scales, self._scale(component.key)[None]])
 
     def drop_current(self) -> Component:
         """Remove the current component (SD-LoRA-KD after absorbing it)."""
@@ -230,6 +280,8 @@ class QVAdapter(nn.Module):
         P, d = self.num_projections, self.dim
         self.frozen_directions = (torch.stack(directions) if directions else
                                   torch.zeros(0, P, d, d, device=self.frozen_directions.device))
+        self._frozen_scales = torch.stack([self._scale(c.key) for c in self.frozen_components]
+                                          ) if directions else torch.zeros(0, P, dtype=torch.float64)
 
     # -- the update, Eqn. 4 ----------------------------------------------------------------
     def magnitudes(self) -> dict[str, float]:
@@ -276,34 +328,60 @@ class QVAdapter(nn.Module):
 
     @torch.no_grad()
     def residual_of_current(self) -> float:
-        """Eqn. 7 residual of the current direction against the frozen ones (the quantity of
-        `least_squares_residual`), for the step logs: through the K x K Gram matrix of the
-        frozen directions, extended by a row when a direction freezes, so a call costs one
-        float64 pass over the buffer (K inner products) instead of a least-squares solve over
-        P*m*n rows. 1.0 when there is no earlier direction."""
+        """The relative residual of `residuals_of_current`."""
+        return self.residuals_of_current()["relative"]
+
+    @torch.no_grad()
+    def residuals_of_current(self) -> dict[str, float]:
+        """Both residuals of the current component against the frozen ones, for the step logs:
+
+        * ``relative``: `least_squares_residual` of the normalised direction D_t against the
+          D_k (Eqn. 7; 1 when orthogonal, whatever the scale);
+        * ``absolute``: `absolute_residual` of the unnormalised product A_t B_t against the
+          A_k B_k (Algorithm 1 line 11; grows with the size of A_t B_t).
+
+        Cost: one float64 pass over the buffer per call (K x P per-projection inner products
+        <D_k[p], A_t B_t[p]>), from which both right-hand sides follow, since
+        A_k B_k[p] = scale[k, p] D_k[p]; the normal equations use the per-projection Gram
+        matrix of the frozen directions, extended by a row when a direction freezes. No
+        least-squares solve over P*m*n rows. Relative 1.0 and absolute ||A_t B_t||_F when there
+        is no earlier direction."""
         current = self.current
         if current is None:
             raise RuntimeError("no trainable component")
-        y = self.direction(current.key).reshape(-1).double()
+        A, B = self.A[current.key], self.B[current.key]
+        product = A @ B  # (P, m, n)
+        P = self.num_projections
+        U = product.reshape(P, -1).double()
+        uu = (U * U).sum(1).cpu()  # (P,) ||A_t B_t[p]||^2
         K = self.frozen_directions.shape[0]
         if K == 0:
-            return 1.0
-        flat = self.frozen_directions.view(K, -1)
+            return dict(relative=1.0, absolute=float(uu.sum()) ** 0.5)
+        flat = self.frozen_directions.view(K, P, -1)
         known = 0 if self._gram is None else self._gram.shape[0]
         if known < K:  # extend the Gram matrix by the rows of directions frozen since
-            gram = torch.zeros(K, K, dtype=torch.float64)
+            gram = torch.zeros(K, K, P, dtype=torch.float64)
             if known:
                 gram[:known, :known] = self._gram
-            new = torch.cat([_inner_products(flat, flat[j:j + 8].double())
-                             for j in range(known, K, 8)], dim=1)  # (K, K - known)
-            gram[:, known:] = new.cpu()
-            gram[known:, :] = new.cpu().T
+            new = torch.cat([_projection_products(flat, flat[j:j + 8].double())
+                             for j in range(known, K, 8)], dim=1).cpu()  # (K, K - known, P)
+            gram[:, known:] = new
+            gram[known:, :] = new.transpose(0, 1)
             self._gram = gram
-        b = _inner_products(flat, y[None]).squeeze(1).cpu()  # (K,) <D_k, y>
-        coef = torch.linalg.lstsq(self._gram, b.unsqueeze(1), driver="gelsd").solution.squeeze(1)
-        yy = float(y @ y)
-        squared = max(yy - float(b @ coef), 0.0)
-        return (squared / yy) ** 0.5
+        ip = _projection_products(flat, U[None]).squeeze(1).cpu()  # (K, P) <D_k[p], U[p]>
+        if self.normalisation == "product":
+            s_t = uu.sqrt()  # (P,) ||A_t B_t[p]||_F, as `normaliser` (in float64)
+        else:
+            s_t = normaliser(product.double(), A.double(), B.double(), self.normalisation).cpu()
+        s = self._frozen_scales  # (K, P)
+        if bool((s_t > 0).all()):
+            yy = float((uu / s_t ** 2).sum())  # ||D_t||^2
+            relative = _solve(self._gram.sum(2), (ip / s_t).sum(1), yy) / yy ** 0.5
+        else:  # a zero product (e.g. A = 0 at a released-code start): no direction yet
+            relative = float("nan")
+        absolute = _solve(torch.einsum("jkp,jp,kp->jk", self._gram, s, s), (ip * s).sum(1),
+                          float(uu.sum()))
+        return dict(relative=relative, absolute=absolute)
 
     # -- checkpoints -----------------------------------------------------------------------
     def layout(self) -> list[dict]:

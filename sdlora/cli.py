@@ -17,6 +17,7 @@ log = logging.getLogger("sdlora")
 _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "variant": str,
           "tasks": int, "epochs": int, "batch_size": int, "lr": float, "optimizer": str,
           "weight_decay": float, "schedule": str, "rank": int, "kd_tau": float,
+          "kd_residual": str,
           "new_magnitude_init": float, "seed": int, "device": str, "data_root": str,
           "class_order_seed": int, "amp": str, "num_workers": int, "joint_adapter": str,
           "holdout": str, "val_fraction": float,
@@ -41,7 +42,9 @@ def _train_parser(sub) -> None:
              "prompt_top_k": "l2p: prompts chosen per image",
              "pull_weight": "l2p: weight of the key-query pull",
              "gpm_eps_start": "inflora: DualGPM threshold after task 1",
-             "gpm_eps_end": "inflora: the threshold it rises to by the last task"}
+             "gpm_eps_end": "inflora: the threshold it rises to by the last task",
+             "kd_residual": "sd-lora-kd: 'relative' (scale-free, Eqn. 7) or 'absolute' "
+                            "(Algorithm 1 line 11: unnormalised products)"}
     for name, kind in _FLAGS.items():
         default = getattr(defaults, name)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,

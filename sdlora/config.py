@@ -18,8 +18,10 @@ METHODS: dict[str, str] = {
     "frozen": "the pretrained backbone stays fixed; only the head trains",
     "fixed-first-direction": "ablation: W0 + alpha * normalised A1 B1, only alpha trains after task 1",
     "single-decoupled": "ablation: W0 + alpha * normalised A B, one component trained on every task",
-    "no-rescale": "ablation: earlier components and their magnitudes frozen; current alpha and "
-                  "direction train",
+    "no-rescale": "ablation (Table 4 row 3): W0 + D_1 + ... + D_{t-1} + alpha_t D_t; earlier "
+                  "directions enter with coefficient 1, only alpha_t and the current direction train",
+    "frozen-magnitudes": "not in the paper: earlier components frozen with the magnitude each "
+                         "had at its task's end; only alpha_t and the current direction train",
     "simplecil": "reference: frozen backbone, cosine similarity to class-mean prototypes, no "
                  "gradient step (Zhou et al. 2023)",
     "joint": "reference (upper bound): all classes learned at once as one task, same epochs; "
@@ -114,7 +116,11 @@ class TrainConfig:
     rr_mu: int = 4  # SD-LoRA-RR: 1-based task from which rank rr_ranks[1] is used
     rr_nu: int = 8  # SD-LoRA-RR: 1-based task from which rank rr_ranks[2] is used
     rr_ranks: tuple[int, int, int] = (10, 8, 6)  # r1, r_mu, r_nu
-    kd_tau: float = 9e-4  # SD-LoRA-KD threshold on the residual of least_squares_residual
+    kd_tau: float = 9e-4  # SD-LoRA-KD threshold on the residual named by kd_residual
+    # SD-LoRA-KD's test: 'relative' = ||D_t - sum c_k D_k||_F / ||D_t||_F of the normalised
+    # directions (Eqn. 7, scale-free); 'absolute' = Algorithm 1 line 11 as written,
+    # ||A_t B_t - sum c_k A_k B_k||_F of the unnormalised products (sdlora.adapters)
+    kd_residual: str = "relative"
     kd_absorb: str = "paper"  # 'paper': alpha_k += c_k (Eqn. 8); 'scaled': alpha_k += alpha_t c_k
     holdout: str = "test"  # 'test', or 'validation': train on the training set minus a
     #   seeded stratified val_fraction of each class and evaluate on that (for tuning)
@@ -172,6 +178,7 @@ class TrainConfig:
         if isinstance(self.val_fraction, bool) or not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction!r} is not valid; it must be a "
                               f"number in (0, 1)")
+        _choice("kd_residual", self.kd_residual, ["relative", "absolute"])
         _choice("device", self.device, ["auto", "cpu", "cuda"])
         if self.variant == "released" and self.method != "sd-lora":
             raise ConfigError(f"variant='released' applies to method 'sd-lora' only, "

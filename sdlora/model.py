@@ -12,6 +12,9 @@ method            components      normalisation  magnitudes train    direction t
 ================  ==============  =============  ==================  =======================
 sd-lora(-rr/-kd)  one per task    ||A B||_F      all alpha_1..t      current only
 no-rescale        one per task    ||A B||_F      current alpha_t     current only
+                  (Table 4 row 3: earlier alphas set to 1 when the next task begins)
+frozen-magnitudes one per task    ||A B||_F      current alpha_t     current only
+                  (earlier alphas kept at their task-end values; not in the paper)
 single-decoupled  one, all tasks  ||A B||_F      its alpha           on every task
 fixed-first-dir.  one, all tasks  ||A B||_F      its alpha           task 1 only
 lora              one, all tasks  none           (no magnitude)      on every task
@@ -28,7 +31,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from .adapters import QVAdapter, least_squares_residual
+from .adapters import QVAdapter, absolute_residual, least_squares_residual
 from .fused import FrozenMagnitudes
 from .config import TrainConfig
 from .methods.base import ContinualMethod, IncrementalHead, Normalised
@@ -55,6 +58,7 @@ TRAITS: dict[str, MethodTraits] = {
     "sd-lora-rr": MethodTraits(adapter=True),
     "sd-lora-kd": MethodTraits(adapter=True),
     "no-rescale": MethodTraits(adapter=True, rescale_earlier=False),
+    "frozen-magnitudes": MethodTraits(adapter=True, rescale_earlier=False),
     "single-decoupled": MethodTraits(adapter=True, per_task=False),
     "fixed-first-direction": MethodTraits(adapter=True, per_task=False, direction_after_first=False),
     "lora": MethodTraits(adapter=True, per_task=False, magnitudes=False),
@@ -150,6 +154,13 @@ class ContinualViT(ContinualMethod):
                 start = cfg.new_magnitude_init
             adapter.add_component(task, cfg.rank_for_task(task), generator, magnitude=start,
                                   zero_A=self.kind == "lora")
+        if self.kind == "no-rescale":
+            # Table 4 row 3 on task t: W0 + D_1 + ... + D_{t-1} + alpha_t D_t. The model
+            # evaluated after task k keeps its learned alpha_k; from task k+1 on D_k enters with
+            # coefficient exactly 1 (set here, so a resumed run does the same).
+            with torch.no_grad():
+                for component in adapter.frozen_components:
+                    adapter.magnitude[component.key].fill_(1.0)
         for component in adapter.components:
             trains = component is adapter.current or traits.rescale_earlier
             if component.key in adapter.magnitude:
@@ -174,13 +185,21 @@ class ContinualViT(ContinualMethod):
         return info
 
     def _absorb_or_keep(self) -> dict:
-        """SD-LoRA-KD (Eqns. 7-8, Algorithm 1 lines 10-12)."""
+        """SD-LoRA-KD (Eqns. 7-8, Algorithm 1 lines 10-12). The coefficients are always Eqn. 7's
+        (the normalised directions' least-squares fit); the test compares with `kd_tau` either
+        that fit's relative residual (`kd_residual='relative'`, scale-free) or Algorithm 1
+        line 11's residual of the unnormalised products (`'absolute'`). Both are recorded."""
         adapter, cfg = self.adapter, self.config
         current = adapter.current
         with torch.no_grad():
             coef, residual = least_squares_residual(adapter.direction(current.key),
                                                     adapter.frozen_directions)
-            absorbed = residual < cfg.kd_tau
+            product = adapter.A[current.key] @ adapter.B[current.key]
+            earlier = torch.stack([adapter.A[c.key] @ adapter.B[c.key]
+                                   for c in adapter.frozen_components])
+            _, absolute = absolute_residual(product, earlier)
+            tested = residual if cfg.kd_residual == "relative" else absolute
+            absorbed = tested < cfg.kd_tau
             if absorbed:
                 # Eqn. 8 adds the coefficients themselves; 'scaled' adds alpha_t * c_k, which
                 # keeps the function the model had (alpha_t * D_t ~ alpha_t * sum c_k D_k).
@@ -188,7 +207,9 @@ class ContinualViT(ContinualMethod):
                 for c, k in zip(adapter.frozen_components, coef.tolist()):
                     adapter.magnitude[c.key].add_(scale * k)
                 adapter.drop_current()
-        return dict(absorbed=bool(absorbed), residual=residual, coefficients=coef.tolist())
+        return dict(absorbed=bool(absorbed), residual=residual, residual_absolute=absolute,
+                    product_norm=float(torch.linalg.vector_norm(product)),
+                    kd_residual=cfg.kd_residual, kd_tau=cfg.kd_tau, coefficients=coef.tolist())
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Parameters that train on the current task, grouped: adapter and head."""

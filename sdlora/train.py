@@ -317,8 +317,9 @@ def _train_claimed(run: RunFolder, config: TrainConfig, resuming: bool, progress
 
 def _metrics(config, benchmark, split, matrix, counts, task_info) -> dict:
     summary = summarise(matrix, counts)
-    return dict(method=config.method, benchmark=config.benchmark, seed=config.seed,
-                backbone=config.backbone, tasks=split.num_tasks, tasks_done=len(matrix),
+    return dict(method=config.method, variant=config.variant, benchmark=config.benchmark,
+                seed=config.seed, backbone=config.backbone, tasks=split.num_tasks,
+                config=config.to_dict(), tasks_done=len(matrix),
                 accuracy_matrix=matrix, test_counts=counts[: len(matrix)],
                 class_order=list(split.class_order), class_names=benchmark.class_names,
                 task_info=task_info, **summary)
@@ -400,7 +401,11 @@ def _train_task(model: ContinualMethod, config: TrainConfig, split: TaskSplit, b
                     if (config.residual_every and adapter is not None and adapter.current
                             is not None and adapter.frozen_components
                             and step % config.residual_every == 0):
-                        record["residual"] = adapter.residual_of_current()
+                        # Fig. 3a both ways: the scale-free residual of the normalised
+                        # direction and Algorithm 1 line 11's of the unnormalised product
+                        residuals = adapter.residuals_of_current()
+                        record["residual"] = residuals["relative"]
+                        record["residual_absolute"] = residuals["absolute"]
                     steps_log.write(json.dumps(record) + "\n")
                     step += 1
                     bar.update(1)

@@ -48,11 +48,43 @@ def test_residuals_recorded_and_recomputed(tiny_runs):
     assert ((series["residual"] >= 0) & (series["residual"] <= 1 + 1e-9)).all()
     table = residuals_at_task_end(runs["sd-lora"])
     assert list(table["after task"]) == [2, 3]
-    assert sum(c.startswith("block ") for c in table.columns) == 12  # 6 blocks x (q, v)
+    assert sum(c.startswith("block ") for c in table.columns) == 24  # 6 blocks x (q, v) x 2
+    assert sum(c.endswith("(absolute)") and c.startswith("block ") for c in table.columns) == 12
     # The model residual is at least no smaller than what a per-projection fit leaves on average
     # (per-projection coefficients are a superset of shared ones).
-    per = table[[c for c in table.columns if c.startswith("block ")]].to_numpy()
+    relative = [c for c in table.columns if c.startswith("block ") and not c.endswith(")")]
+    per = table[relative].to_numpy()
     assert (table["model"].to_numpy() >= np.sqrt((per ** 2).mean(1)) - 1e-9).all()
+    # Algorithm 1 line 11's absolute residual, logged beside the relative one at every step;
+    # at the end of a task it is what the checkpoint's products give (steps log it before
+    # end_task, so the last logged value of a task is the last step's, not the end's).
+    assert series["residual_absolute"].notna().all() and (series["residual_absolute"] > 0).all()
+    last = series.groupby("task")["residual_absolute"].last()
+    assert np.allclose(last.to_numpy(), table["model (absolute)"].to_numpy(), rtol=0.2)
+    # Per projection, one fit per projection: the absolute residual is the relative one times
+    # ||A_t B_t[p]||_F (same span, the target scaled), so it cannot exceed that norm.
+    tensors, _ = runs["sd-lora"].checkpoint(2)
+    product = tensors["adapter.A.2"] @ tensors["adapter.B.2"]
+    norms = torch.linalg.matrix_norm(product).numpy()
+    row = table.iloc[-1]
+    absolute = np.array([row[f"{c} (absolute)"] for c in relative])
+    assert np.allclose(absolute, np.array([row[c] for c in relative]) * norms, rtol=1e-4)
+    assert row["product norm"] == pytest.approx(float(np.sqrt((norms ** 2).sum())), rel=1e-5)
+
+
+def test_absorption_table_names_the_tau_each_rule_needs(tiny_runs):
+    from sdlora.analysis import absorption_table
+
+    runs, _ = tiny_runs
+    table = residuals_at_task_end(runs["sd-lora"])
+    kd = absorption_table(runs["sd-lora"])
+    assert list(kd["after task"]) == [2, 3]
+    assert kd["relative residual"].tolist() == table["model"].tolist()
+    assert (kd["tau needed / tau (absolute)"] * 9e-4).tolist() == pytest.approx(
+        table["model (absolute)"].tolist())
+    assert not kd["relative rule absorbs at this tau"].any()  # random directions: ~ orthogonal
+    assert "absorbed in this run" not in kd.columns  # sd-lora, not sd-lora-kd
+    assert absorption_table(runs["lora"]).empty
 
 
 def test_interpolation_end_points_match_checkpoints(tiny_runs):
@@ -180,12 +212,67 @@ def test_analyse_cli_writes_html_and_csv(tiny_runs, tmp_path):
     assert bad.returncode == 2 and "--what ['everything'] not valid" in bad.stderr
 
 
-def test_curves_by_method_stacks_seeds(tiny_runs):
-    from sdlora.analysis import curves_by_method
-    runs, _ = tiny_runs
-    curves = curves_by_method(list(runs.values()))
-    assert set(curves) == {"sd-lora", "lora"} and curves["lora"].shape == (1, 3)
-    assert curves["lora"][0].tolist() == runs["lora"].metrics()["seen_accuracy"]
+def test_kd_that_absorbs_nothing_is_sd_lora(tiny_runs, tmp_path):
+    """scripts/kd_rules.py's shortcut: SD-LoRA-KD's test only reads the model, so a KD run that
+    absorbs nothing is the SD-LoRA run (same accuracy matrix), and the residuals it tests are
+    those recomputed from the SD-LoRA run's checkpoints."""
+    runs, bench = tiny_runs
+    config = TrainConfig.from_dict({**runs["sd-lora"].config(), "method": "sd-lora-kd",
+                                    "kd_residual": "absolute"})
+    m = train(config, out=tmp_path / "kd", progress=False, benchmark=bench).metrics()
+    decisions = m["task_info"][1:]
+    assert [t["absorbed"] for t in decisions] == [False, False]
+    assert m["accuracy_matrix"] == runs["sd-lora"].metrics()["accuracy_matrix"]
+    table = residuals_at_task_end(runs["sd-lora"])
+    assert [t["residual_absolute"] for t in decisions] == pytest.approx(
+        table["model (absolute)"].tolist(), rel=1e-5)
+    assert [t["residual"] for t in decisions] == pytest.approx(table["model"].tolist(), rel=1e-6)
+
+
+def test_seed_groups_never_average_unlike_runs(tiny_runs, tmp_path):
+    """Runs are averaged over seeds only when their whole configuration (device and logging
+    aside) is the same: another learning rate is another group, labelled by it; an old run
+    folder (config without today's keys, metrics without the config) still groups."""
+    import json
+    import shutil
+
+    from sdlora.analysis import seed_groups
+
+    runs, bench = tiny_runs
+    base = runs["sd-lora"].config()
+    other_lr = train(TrainConfig.from_dict({**base, "lr": 1e-3}), out=tmp_path / "lr",
+                     progress=False, benchmark=bench)
+    old = tmp_path / "old-s5"  # the same configuration, seed 5, written by an older version
+    shutil.copytree(runs["sd-lora"].path, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["kd_residual"]
+    (old / "config.json").write_text(json.dumps({**config, "seed": 5}))
+    metrics = json.loads((old / "metrics.json").read_text())
+    del metrics["config"], metrics["variant"]
+    metrics["seed"] = 5
+    metrics["seen_accuracy"] = [v - 10 for v in metrics["seen_accuracy"]]
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    for log in (old / "steps").glob("*.jsonl"):  # step logs from before the absolute residual
+        lines = [json.loads(x) for x in log.read_text().splitlines()]
+        log.write_text("".join(json.dumps({k: v for k, v in r.items()
+                                           if k != "residual_absolute"}) + "\n" for r in lines))
+    assert residual_series(old)["residual_absolute"].isna().all()
+    assert residual_series(old)["residual"].notna().all()
+
+    groups = {g["label"]: g for g in seed_groups([runs["sd-lora"], RunFolder(old), other_lr,
+                                                  runs["lora"]])}
+    assert set(groups) == {"sd-lora · lr=0.008", "sd-lora · lr=0.001", "lora · lr=0.008"}
+    same = groups["sd-lora · lr=0.008"]
+    assert same["seeds"] == [0, 5] and same["seen"].shape == (2, 3)
+    assert same["seen"][1].tolist() == metrics["seen_accuracy"]
+    assert groups["sd-lora · lr=0.001"]["seen"].tolist() == [other_lr.metrics()["seen_accuracy"]]
+    assert groups["lora · lr=0.008"]["seen"][0].tolist() == runs["lora"].metrics()["seen_accuracy"]
+    # metrics.json now records the variant and the whole configuration
+    m = runs["sd-lora"].metrics()
+    assert m["variant"] == "paper" and m["config"] == runs["sd-lora"].config()
+    # without the other learning rate, nothing differs but the method: labels are the methods
+    labels = [g["label"] for g in seed_groups([runs["sd-lora"], runs["lora"]])]
+    assert labels == ["sd-lora", "lora"]
 
 
 def test_task_specific_weights_and_their_distances(tiny_runs):

@@ -5,10 +5,10 @@ Each analysis of a run is computed once and kept in the run folder (``analyses/`
 it is instant; `cached` does that.
 """
 from .core import (
+    absorption_table,
     accuracy_matrix_frame,
     accuracy_table,
     cached,
-    curves_by_method,
     efficiency,
     interpolate,
     magnitude_series,
@@ -16,16 +16,17 @@ from .core import (
     relative_distances,
     residual_series,
     residuals_at_task_end,
+    seed_groups,
     task_specific_weights,
 )
 from .theory import matrix_factorisation_dynamics
 from .landscape import toy_landscape
 
 __all__ = [
+    "absorption_table",
     "accuracy_matrix_frame",
     "accuracy_table",
     "cached",
-    "curves_by_method",
     "efficiency",
     "interpolate",
     "magnitude_series",
@@ -34,6 +35,7 @@ __all__ = [
     "relative_distances",
     "residual_series",
     "residuals_at_task_end",
+    "seed_groups",
     "task_specific_weights",
     "toy_landscape",
 ]

@@ -31,14 +31,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..adapters import least_squares_residual, normalise
+from ..adapters import absolute_residual, least_squares_residual, normalise
 from ..config import TrainConfig
 from ..runs import RunError, RunFolder, atomic_write_json
 
 __all__ = [
-    "accuracy_matrix_frame", "accuracy_table", "curves_by_method", "cached", "efficiency", "interpolate", "magnitude_series",
-    "magnitudes_at_task_end", "relative_distances", "residual_series", "residuals_at_task_end",
-    "task_specific_weights",
+    "absorption_table", "accuracy_matrix_frame", "accuracy_table", "cached", "efficiency",
+    "interpolate", "magnitude_series", "magnitudes_at_task_end", "relative_distances",
+    "residual_series", "residuals_at_task_end", "seed_groups", "task_specific_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,16 +98,61 @@ def accuracy_table(runs: list[RunFolder]) -> pd.DataFrame:
                                        "aaa"])
 
 
-def curves_by_method(runs: list[RunFolder]) -> dict[str, np.ndarray]:
-    """Seen accuracy after each task, stacked over the finished runs of each method (one row
-    per seed): the input of Fig. 2b/c's mean +- standard error bands (e.g. fixed-first-direction
-    against lora). Methods whose runs differ in task count are left out."""
-    groups: dict[str, list] = {}
+# Settings that cannot change a run's numbers (where it ran, how it loaded and logged), left out
+# when runs are grouped over seeds; every other setting must match.
+NOT_COMPARED = ("seed", "device", "num_workers", "eval_batch_size", "residual_every", "data_root",
+                "extra")
+
+
+def _settings(run: RunFolder) -> dict:
+    """The run's configuration without the seed and NOT_COMPARED, with today's defaults for keys
+    an older run folder lacks (the values those runs ran with)."""
+    raw = run.config()
+    try:
+        full = TrainConfig.from_dict(raw).to_dict()
+    except ValueError:  # a config this version cannot read: compare what it says
+        full = dict(raw)
+    return {k: v for k, v in full.items() if k not in NOT_COMPARED}
+
+
+def _short(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def seed_groups(runs: list[RunFolder]) -> list[dict]:
+    """Finished runs grouped by their whole configuration except the seed (and the settings of
+    NOT_COMPARED): the input of Fig. 2b/c's mean +- standard error bands. Runs that differ in
+    anything else (variant, benchmark, epochs, learning rate, ...) are never averaged together.
+
+    Returns one dict per group, in the order first seen: ``label`` (the method, then every
+    setting whose value differs between the groups, e.g. 'sd-lora · lr=0.0001'), ``method``,
+    ``settings`` (those differing settings), ``runs`` (ids), ``seeds``, ``seen`` (array
+    (runs, tasks) of the accuracy on all seen classes after each task), ``acc``, ``aaa``."""
+    groups: dict[str, dict] = {}
     for run in runs:
         m = run.metrics(required=False)
-        if m and m["tasks_done"] == m["tasks"]:
-            groups.setdefault(m["method"], []).append(m["seen_accuracy"])
-    return {k: np.array(v) for k, v in groups.items() if len({len(x) for x in v}) == 1}
+        if not m or m["tasks_done"] != m["tasks"]:
+            continue
+        settings = _settings(run)
+        key = json.dumps(settings, sort_keys=True, default=str)
+        group = groups.setdefault(key, dict(method=m["method"], config=settings, runs=[],
+                                            seeds=[], seen=[], acc=[], aaa=[]))
+        group["runs"].append(run.id)
+        group["seeds"].append(m["seed"])
+        group["seen"].append(m["seen_accuracy"])
+        group["acc"].append(m["acc"])
+        group["aaa"].append(m["aaa"])
+    configs = [g["config"] for g in groups.values()]
+    keys = sorted({k for c in configs for k in c})
+    differ = [k for k in keys if k != "method"
+              and len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
+    out = []
+    for g in groups.values():
+        settings = {k: g["config"].get(k) for k in differ}
+        label = " · ".join([g["method"]] + [f"{k}={_short(v)}" for k, v in settings.items()])
+        out.append(dict(label=label, method=g["method"], settings=settings, runs=g["runs"],
+                        seeds=g["seeds"], seen=np.array(g["seen"]), acc=g["acc"], aaa=g["aaa"]))
+    return out
 
 
 # -- magnitudes (Fig. 3b/c, Fig. 6) ------------------------------------------------------------
@@ -131,10 +176,20 @@ def magnitudes_at_task_end(run: RunFolder | str | Path) -> pd.DataFrame:
 
 # -- residuals (Fig. 3a, Eqn. 7) ---------------------------------------------------------------
 def residual_series(run: RunFolder | str | Path) -> pd.DataFrame:
-    """The current direction's model residual, as the engine recorded it during training."""
-    rows = [(s["global_step"], s["task"] + 1, s["epoch"], s["residual"])
+    """The current direction's residuals as the engine recorded them during training:
+    ``residual`` (relative, of the normalised direction) and ``residual_absolute`` (Algorithm 1
+    line 11, of the unnormalised product; NaN in runs made before it was logged)."""
+    rows = [(s["global_step"], s["task"] + 1, s["epoch"], s["residual"],
+             s.get("residual_absolute", math.nan))
             for s in _run(run).steps() if "residual" in s]
-    return pd.DataFrame(rows, columns=["global_step", "task", "epoch", "residual"])
+    return pd.DataFrame(rows, columns=["global_step", "task", "epoch", "residual",
+                                       "residual_absolute"])
+
+
+def _products(tensors: dict, layout: list[dict]) -> dict[int, torch.Tensor]:
+    """Unnormalised product A B (P, m, n) of every component in a checkpoint, by 0-based task."""
+    return {c["task"]: tensors[f"adapter.A.{c['key']}"] @ tensors[f"adapter.B.{c['key']}"]
+            for c in layout}
 
 
 def _directions(tensors: dict, layout: list[dict], normalisation: str) -> dict[int, torch.Tensor]:
@@ -146,33 +201,79 @@ def _directions(tensors: dict, layout: list[dict], normalisation: str) -> dict[i
     return out
 
 
+PER_TASK_DIRECTIONS = ("sd-lora", "sd-lora-rr", "sd-lora-kd", "no-rescale", "frozen-magnitudes")
+
+
 def residuals_at_task_end(run: RunFolder | str | Path) -> pd.DataFrame:
-    """Residual of task t's direction against tasks 1..t-1's at the end of task t (t >= 2):
-    the model residual and one per projection (columns 'block i q', 'block i v')."""
+    """Residual of task t's direction against tasks 1..t-1's at the end of task t (t >= 2).
+
+    Columns: ``model`` (relative: `least_squares_residual` of the normalised directions, one
+    coefficient per task shared by all projections), ``model (absolute)`` (Algorithm 1 line 11:
+    `absolute_residual` of the unnormalised products, shared coefficients), ``product norm``
+    (||A_t B_t||_F over all projections), ``absorbed`` (SD-LoRA-KD dropped the direction; then
+    only the residuals it recorded are known), and per projection 'block i q' / 'block i v'
+    (relative) and 'block i q (absolute)' ... (each projection fitted on its own)."""
     run = _run(run)
     config = TrainConfig.from_dict(run.config())
-    if config.method in ("lora", "full-ft", "frozen", "single-decoupled", "fixed-first-direction"):
+    if config.method not in PER_TASK_DIRECTIONS:
         return pd.DataFrame()
     normalisation = "factors" if config.variant == "released" else "product"
     m = run.metrics(required=False) or {}
     rows = []
     for t in range(1, run.completed_tasks()):
         info = m["task_info"][t]
-        if info.get("absorbed"):  # SD-LoRA-KD dropped it; its residual was recorded
-            rows.append({"after task": t + 1, "model": info["residual"], "absorbed": True})
+        if info.get("absorbed"):  # SD-LoRA-KD dropped it; its residuals were recorded
+            rows.append({"after task": t + 1, "model": info["residual"],
+                         "model (absolute)": info.get("residual_absolute", math.nan),
+                         "product norm": info.get("product_norm", math.nan), "absorbed": True})
             continue
         tensors, meta = run.checkpoint(t)
         directions = _directions(tensors, meta["layout"], normalisation)
-        target = directions[t]
-        basis = torch.stack([d for k, d in sorted(directions.items()) if k < t])
+        products = _products(tensors, meta["layout"])
+        target, product = directions[t], products[t]
+        earlier = sorted(k for k in directions if k < t)
+        basis = torch.stack([directions[k] for k in earlier])
+        basis_products = torch.stack([products[k] for k in earlier])
         row = {"after task": t + 1, "model": least_squares_residual(target, basis)[1],
-               "absorbed": False}
+               "model (absolute)": absolute_residual(product, basis_products)[1],
+               "product norm": float(torch.linalg.vector_norm(product)), "absorbed": False}
         for p in range(target.shape[0]):
             name = f"block {p // 2} {'qv'[p % 2]}"
             row[name] = least_squares_residual(target[p:p + 1], basis[:, p:p + 1])[1]
+            row[f"{name} (absolute)"] = absolute_residual(product[p:p + 1],
+                                                          basis_products[:, p:p + 1])[1]
         rows.append(row)
     return pd.DataFrame(rows)
 
+
+def absorption_table(run: RunFolder | str | Path, residuals: pd.DataFrame | None = None,
+                     ) -> pd.DataFrame:
+    """SD-LoRA-KD's test at the end of each task t >= 2, both ways: the relative and the
+    absolute residual (`residuals_at_task_end`), the threshold tau that would have absorbed the
+    direction under each rule (any tau above the residual; Algorithm 1 line 11 reads '<= tau'),
+    how many times larger than this run's `kd_tau` that is, and, in SD-LoRA-KD runs, the rule
+    the run used and what it decided."""
+    run = _run(run)
+    config = TrainConfig.from_dict(run.config())
+    table = residuals_at_task_end(run) if residuals is None else residuals
+    if table.empty:
+        return pd.DataFrame()
+    tau = config.kd_tau
+    out = pd.DataFrame({
+        "after task": table["after task"],
+        "relative residual": table["model"],
+        "absolute residual": table["model (absolute)"],
+        "||A_t B_t||_F": table["product norm"],
+        "tau": tau,
+        "relative rule absorbs at this tau": table["model"] < tau,
+        "absolute rule absorbs at this tau": table["model (absolute)"] < tau,
+        "tau needed / tau (relative)": table["model"] / tau,
+        "tau needed / tau (absolute)": table["model (absolute)"] / tau,
+    })
+    if config.method == "sd-lora-kd":
+        out["rule of this run"] = config.kd_residual
+        out["absorbed in this run"] = table["absorbed"].to_numpy()
+    return out
 
 # -- interpolation (Fig. 4b/c) -----------------------------------------------------------------
 def _merged_state(model) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ METHOD_COLOURS = {
     "sd-lora": "#d62728", "sd-lora-rr": "#ff7f0e", "sd-lora-kd": "#8c564b",
     "lora": "#1f77b4", "full-ft": "#7f7f7f", "frozen": "#2ca02c",
     "fixed-first-direction": "#9467bd", "single-decoupled": "#e377c2", "no-rescale": "#17becf",
+    "frozen-magnitudes": "#393b79",
 }
 
 
@@ -101,7 +102,7 @@ def mean_curve_figure(curves: dict[str, np.ndarray], title: str) -> go.Figure:
         mean = values.mean(0)
         se = values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0 * mean
         x = list(range(1, values.shape[1] + 1))
-        colour = method_colour(method)
+        colour = method_colour(method.split(" · ")[0])  # a seed_groups label starts with it
         fig.add_trace(go.Scatter(x=x + x[::-1], y=list(mean + se) + list((mean - se)[::-1]),
                                  fill="toself", line=dict(width=0), fillcolor=colour,
                                  opacity=0.2, showlegend=False, hoverinfo="skip"))
@@ -127,29 +128,43 @@ def magnitude_figure(series: pd.DataFrame, title: str = "Learned magnitudes") ->
     return _layout(fig, title + " (dashed: task boundaries)", "optimiser step", "magnitude alpha")
 
 
-def residual_figure(series: pd.DataFrame) -> go.Figure:
-    """The current direction's residual against the earlier ones during training."""
+def residual_figure(series: pd.DataFrame, kind: str = "relative") -> go.Figure:
+    """The current direction's residual against the earlier ones during training: ``relative``
+    (the normalised direction's, Eqn. 7, 0 to 1) or ``absolute`` (the unnormalised product's,
+    Algorithm 1 line 11, in the weights' units)."""
+    column = "residual" if kind == "relative" else "residual_absolute"
     fig = go.Figure()
-    for task, part in series.groupby("task"):
-        fig.add_trace(go.Scatter(x=part["global_step"], y=part["residual"], mode="lines+markers",
+    for task, part in series.dropna(subset=[column]).groupby("task"):
+        fig.add_trace(go.Scatter(x=part["global_step"], y=part[column], mode="lines+markers",
                                  name=f"task {task}", line=dict(color=task_colour(task)),
                                  marker=dict(size=4),
-                                 hovertemplate="step %{x}<br>residual %{y:.4f}<extra>task "
+                                 hovertemplate="step %{x}<br>residual %{y:.4g}<extra>task "
                                                f"{task}</extra>"))
-    return _layout(fig, "Residual of the new direction against the earlier ones (Eqn. 7)",
-                   "optimiser step", "relative residual (0 = in their span, 1 = orthogonal)",
-                   yaxis_range=[0, 1.05])
+    if kind == "relative":
+        return _layout(fig, "Relative residual of the new direction D_t against D_1..D_t-1 "
+                            "(Eqn. 7)", "optimiser step",
+                       "relative residual (0 = in their span, 1 = orthogonal)",
+                       yaxis_range=[0, 1.05])
+    return _layout(fig, "Absolute residual of the new product A_t B_t against A_1 B_1.. "
+                        "(Algorithm 1 line 11)", "optimiser step",
+                   "||A_t B_t - sum_k c_k A_k B_k||_F", yaxis_rangemode="tozero")
 
 
-def residual_bars(table: pd.DataFrame) -> go.Figure:
-    """Per-projection residual at the end of each task (heatmap: task x projection)."""
-    columns = [c for c in table.columns if c.startswith("block ")]
+def residual_bars(table: pd.DataFrame, kind: str = "relative") -> go.Figure:
+    """Per-projection residual at the end of each task (heatmap: task x projection), relative
+    (0 to 1) or absolute (the unnormalised products', each projection fitted on its own)."""
+    columns = [c for c in table.columns if c.startswith("block ") and not c.endswith(")")]
+    shown = columns if kind == "relative" else [f"{c} (absolute)" for c in columns]
+    z = table[shown].to_numpy(dtype=float)
+    scale = dict(zmin=0, zmax=1) if kind == "relative" else dict(zmin=0)
     fig = go.Figure(go.Heatmap(
-        z=table[columns].to_numpy(), x=columns, y=[f"task {t}" for t in table["after task"]],
-        zmin=0, zmax=1, colorscale="Magma", colorbar=dict(title="residual"),
-        hovertemplate="%{y}, %{x}<br>residual %{z:.4f}<extra></extra>"))
-    return _layout(fig, "Residual per adapted projection at the end of each task",
-                   "adapted projection", "direction of")
+        z=z, x=columns, y=[f"task {t}" for t in table["after task"]], colorscale="Magma",
+        colorbar=dict(title="residual"), **scale,
+        hovertemplate="%{y}, %{x}<br>residual %{z:.4g}<extra></extra>"))
+    title = ("Relative residual per adapted projection at the end of each task" if kind ==
+             "relative" else "Absolute residual (unnormalised products) per adapted projection "
+             "at the end of each task")
+    return _layout(fig, title, "adapted projection", "direction of")
 
 
 def distance_heatmap(matrix: np.ndarray, title: str = "Relative distances") -> go.Figure:
