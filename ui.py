@@ -81,6 +81,8 @@ _COLUMNS = ["id", "method", "benchmark", "seed", "tasks", "done", "state", "acc"
 
 def runs_with_results() -> list[str]:
     """Readable runs with at least one finished task (damaged runs are left out)."""
+    import pandas as pd
+
     table = run_table()
     healthy = ~table["state"].fillna("").astype(str).str.startswith("damaged")
     return table[healthy & (pd.to_numeric(table["done"], errors="coerce").fillna(0) > 0)][

@@ -3,7 +3,7 @@ upper bound, and the contract every method honours in the one training loop."""
 import pytest
 import torch
 
-from sdlora.config import ConfigError, TrainConfig
+from sdlora.config import METHODS, ConfigError, TrainConfig
 from sdlora.data import ArrayDataset, Benchmark, make_task_split
 from sdlora.methods import NotMergeable, method_class
 from sdlora.methods.simplecil import SimpleCIL
@@ -108,8 +108,7 @@ def test_joint_learns_all_classes_as_one_task(tmp_path):
               benchmark=bench)
 
 
-@pytest.mark.parametrize("method", ["sd-lora", "lora", "full-ft", "frozen", "simplecil",
-                                    "joint"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_follows_the_contract(method):
     cls = method_class(method)
     model = build_model(_cfg(method=method))
@@ -117,17 +116,22 @@ def test_every_method_follows_the_contract(method):
     model.begin_task(0, 2, task_generator(0, 0))
     x = torch.rand(3, 3, 28, 28)
     if model.trains_by_gradient:
+        model.prepare_task(lambda: [(x, torch.tensor([0, 1, 1]))])
         groups = model.trainable_parameters()
         assert groups and all(p.requires_grad for g in groups.values() for p in g)
     else:
         model.fit_task([(x, torch.tensor([0, 1, 1]))])
     assert model(x).shape == (3, 2)
+    model.eval()
+    with torch.no_grad():
+        before_end = model(x)
     model.end_task()
     tensors, meta = model.checkpoint_tensors(), model.checkpoint_meta()
     again = build_model(_cfg(method=method))
     again.load_checkpoint(tensors, dict(meta, task=0, classes_per_task=2))
     model.eval(), again.eval()
     with torch.no_grad():
+        assert torch.allclose(model(x), before_end, atol=1e-5)  # ending a task keeps the model
         assert torch.allclose(again(x), model(x), atol=1e-6)
         try:
             plain = model.merged()
