@@ -208,12 +208,33 @@ def ensure_worker() -> int:
     both start one: only one gets the worker lock, the other exits at once."""
     if worker_alive():
         return _worker_pid() or 0
+    starting = _starting_pid()
+    if starting is not None:  # started, still importing: it takes the lock or exits soon
+        return starting
     jobs_root().mkdir(parents=True, exist_ok=True)
     with open(jobs_root() / "worker.log", "a") as log:
         proc = subprocess.Popen([sys.executable, "-m", "sdlora", "worker"], cwd=REPO,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env=dict(os.environ))
+    atomic_write_json(jobs_root() / "worker.starting", dict(pid=proc.pid, started=time.time()))
     return proc.pid
+
+
+def _starting_pid() -> int | None:
+    """The pid of a worker this module started that is still alive (it may not hold the lock
+    yet: a worker needs seconds to import on a busy machine). Without this, every reconcile in
+    that window (the Train page reconciles on each refresh) started one more worker."""
+    try:
+        record = json.loads((jobs_root() / "worker.starting").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    pid, started = record.get("pid"), record.get("started")
+    if (isinstance(pid, int) and isinstance(started, (int, float)) and _alive(pid)
+            and time.time() - started < 600):
+        return pid
+    return None
 
 
 def _train_command() -> list[str]:

@@ -169,3 +169,25 @@ def test_cancel_stops_the_whole_process_group(fake_trainer, monkeypatch):
     assert _wait(lambda: not pid_alive(grandchild), 15)  # not only the recorded process
     assert _wait(lambda: _state("c1") == "cancelled", 30)
     assert RunFolder(job["run"]).status()["state"] == "cancelled"
+
+
+def test_reconcile_does_not_start_a_second_worker_while_one_is_still_starting():
+    """A worker needs seconds to import on a busy machine before it takes the worker lock; the
+    Train page reconciles on every refresh in that window. Each call must not start another
+    (a runaway of dozens of workers was seen under load before this)."""
+    import os
+    import signal
+
+    from sdlora.jobs import ensure_worker
+
+    first = ensure_worker()
+    try:
+        # whether it already holds the lock (its pid is in the lock file) or is still
+        # importing (its pid is in worker.starting), the answer is that same worker
+        again = [ensure_worker() for _ in range(3)]
+        assert again == [first] * 3
+    finally:
+        try:
+            os.killpg(first, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
