@@ -15,7 +15,7 @@ APP = str(REPO / "app.py")
 PAGES = sorted((REPO / "pages").glob("*.py"))
 STEP_COST = REPO / "bench" / "results" / "step_cost.json"
 # What a page may import before its title and text are drawn: no torch, no pandas, no sdlora.
-LIGHT = {"streamlit", "ui", "json", "pathlib", "time"}
+LIGHT = {"streamlit", "ui", "json", "os", "pathlib", "time"}  # stdlib or already loaded
 
 
 def test_ui_and_run_listing_do_not_import_torch_or_pandas():
