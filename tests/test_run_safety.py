@@ -136,7 +136,7 @@ def test_full_disk_while_writing_a_checkpoint(tmp_path, tiny_benchmark, monkeypa
     failed, leaves no temp file, and its status does not claim task 2."""
     from safetensors import SafetensorError
 
-    import sdlora.runs as runs
+    import safetensors.torch as runs  # sdlora.runs imports save_file from it when writing
 
     real = runs.save_file
 
