@@ -253,14 +253,8 @@ class ContinualViT(ContinualMethod):
         return dict(layout=self.adapter.layout() if self.adapter is not None else [])
 
     def load_checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        generator = torch.Generator().manual_seed(0)  # shapes only: the values are loaded below
-        for _ in range(meta["task"] + 1):
-            self.head.grow(meta["classes_per_task"], generator)
+        self.head.restore(tensors, meta)
         self.task = meta["task"]
-        head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
-        self.head.load_state_dict(head)
-        for layer in self.head.tasks:
-            layer.requires_grad_(False)
         backbone = {k[len("backbone."):]: v for k, v in tensors.items()
                     if k.startswith("backbone.")}
         if backbone:

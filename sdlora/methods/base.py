@@ -68,6 +68,17 @@ class IncrementalHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.cat([layer(features) for layer in self.tasks], dim=1)  # (B, classes seen)
 
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Grow to a checkpoint's shape (tasks 0..meta['task']) and load its ``head.*`` tensors;
+        every row frozen, as after `end_task`."""
+        generator = torch.Generator().manual_seed(0)  # shapes only: the values are loaded
+        for _ in range(meta["task"] + 1):
+            self.grow(meta["classes_per_task"], generator)
+        self.load_state_dict({k[len("head."):]: v for k, v in tensors.items()
+                              if k.startswith("head.")})
+        for layer in self.tasks:
+            layer.requires_grad_(False)
+
     def as_linear(self) -> nn.Linear:
         layer = nn.Linear(self.in_features, self.num_classes)
         with torch.no_grad():

@@ -229,12 +229,7 @@ class InfLoRA(ContinualMethod):
         return dict(components=list(self.lora.A.keys()), gpm_kinds=list(self.kinds))
 
     def load_checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        generator = torch.Generator().manual_seed(0)  # shapes only: the values are loaded
-        for _ in range(meta["task"] + 1):
-            self.head.grow(meta["classes_per_task"], generator)
-        for layer in self.head.tasks:
-            layer.requires_grad_(False)
-        self.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        self.head.restore(tensors, meta)
         device = self.qkv_pretrained.device
         for key in meta["components"]:
             self.lora.add(key, tensors[f"adapter.A.{key}"].to(device), trainable_B=False)

@@ -107,12 +107,7 @@ class L2P(ContinualMethod):
         return tensors
 
     def load_checkpoint(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        generator = torch.Generator().manual_seed(0)  # shapes only: the values are loaded
-        for _ in range(meta["task"] + 1):
-            self.head.grow(meta["classes_per_task"], generator)
-        for layer in self.head.tasks:
-            layer.requires_grad_(False)
-        self.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        self.head.restore(tensors, meta)
         with torch.no_grad():
             self.prompts.copy_(tensors["prompt.prompts"])
             self.keys.copy_(tensors["prompt.keys"])
