@@ -36,7 +36,7 @@ METHODS: dict[str, str] = {
 # the mean of the prompt outputs; 'l2p++': prefix keys/values at block 0, head on the class token.
 L2P_VARIANTS = {"l2p": (10, 5), "l2p++": (30, 20)}
 
-# Adapters the `joint` upper bound can train with (rows of sdlora.model.TRAITS).
+# Adapters the `joint` upper bound can train with (rows of sdlora.methods.lora.TRAITS).
 JOINT_ADAPTERS = ("lora", "sd-lora", "full-ft")
 
 
