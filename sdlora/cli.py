@@ -59,21 +59,6 @@ def _train_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _resolve_run(name: str) -> Path:
-    from .runs import default_runs_root
-
-    path = Path(name)
-    if path.exists():
-        if not path.is_dir():
-            raise ConfigError(f"{path} is a file; expected a run folder (or a run id)")
-        return path
-    candidate = default_runs_root() / name
-    if candidate.exists():
-        return candidate
-    raise ConfigError(f"run {name!r} not found (neither a folder nor an id under "
-                      f"{default_runs_root()}); `python -m sdlora runs` lists them")
-
-
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -81,6 +66,7 @@ def _interrupt(signum, frame) -> None:
 def _cmd_train(args) -> int:
     import signal
 
+    from .runs import resolve_run
     from .train import train
 
     signal.signal(signal.SIGTERM, _interrupt)  # a cancelled job records 'cancelled' and stops
@@ -92,7 +78,7 @@ def _cmd_train(args) -> int:
             _check_out(default_runs_root() / "new-run", "the runs folder")
 
     if args.resume:
-        run = train(resume=_resolve_run(args.resume), progress=not args.quiet)
+        run = train(resume=resolve_run(args.resume), progress=not args.quiet)
     elif args.config:
         config = TrainConfig.from_dict(_read_config(args.config))
         _check_before_training(config)
@@ -252,9 +238,9 @@ def _cmd_runs(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    from .runs import RunFolder
+    from .runs import RunFolder, resolve_run
 
-    path = _resolve_run(args.run)
+    path = resolve_run(args.run)
     RunFolder(path).config()  # a damaged config.json is named, not skipped
     if args.json:
         print(json.dumps(RunFolder(path).metrics(), indent=1))
