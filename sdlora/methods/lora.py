@@ -37,7 +37,8 @@ from ..config import TrainConfig
 from ..fused import FrozenMagnitudes
 from .base import ContinualMethod, IncrementalHead, Normalised
 
-__all__ = ["ContinualViT", "IncrementalHead", "MethodTraits", "TRAITS", "RELEASED_MAGNITUDE"]
+__all__ = ["ContinualViT", "IncrementalHead", "MethodTraits", "TRAITS", "RELEASED_MAGNITUDE",
+           "PARTS", "methods_with", "has_part"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,31 @@ TRAITS: dict[str, MethodTraits] = {
     "full-ft": MethodTraits(adapter=False, backbone_trains=True),
     "frozen": MethodTraits(adapter=False),
 }
+
+
+# What the analysis pages of SD-LoRA's own parts need a run to have logged.
+PARTS = ("magnitudes", "directions")
+
+
+def methods_with(part: str) -> tuple[str, ...]:
+    """The methods whose runs have `part`: ``'magnitudes'`` (a learned alpha per component,
+    logged every step) or ``'directions'`` (a new normalised direction per task, so a residual
+    against the earlier tasks' directions, Eqn. 7). Both are SD-LoRA's; `joint` has magnitudes
+    with ``joint_adapter='sd-lora'`` and never a second direction (it trains one task)."""
+    if part not in PARTS:
+        raise ValueError(f"part={part!r} is not valid; choose one of: {', '.join(PARTS)}")
+    return tuple(m for m, t in TRAITS.items()
+                 if t.adapter and t.magnitudes and (part == "magnitudes" or t.per_task))
+
+
+def has_part(config: TrainConfig | dict, part: str) -> bool:
+    """Whether a run of `config` (a `TrainConfig` or a run's config.json as a dict) has `part`
+    (see `methods_with`)."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    method = get("method")
+    if method == "joint":
+        return part == "magnitudes" and get("joint_adapter", "lora") in methods_with(part)
+    return method in methods_with(part)
 
 
 class ContinualViT(ContinualMethod):
