@@ -22,7 +22,8 @@ _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "var
           "class_order_seed": int, "amp": str, "num_workers": int, "joint_adapter": str,
           "holdout": str, "val_fraction": float,
           "l2p_variant": str, "prompt_pool": int, "prompt_length": int, "prompt_top_k": int,
-          "pull_weight": float, "gpm_eps_start": float, "gpm_eps_end": float}
+          "pull_weight": float, "gpm_eps_start": float, "gpm_eps_end": float,
+          "grad_clip": float}
 
 
 def _train_parser(sub) -> None:
@@ -41,6 +42,8 @@ def _train_parser(sub) -> None:
              "prompt_length": "l2p: tokens per prompt (default: the variant's, 5 or 20)",
              "prompt_top_k": "l2p: prompts chosen per image",
              "pull_weight": "l2p: weight of the key-query pull",
+             "grad_clip": "clip the gradient norm to this (default: the method's; 1.0 for l2p "
+                          "as its released code, none for the others)",
              "gpm_eps_start": "inflora: DualGPM threshold after task 1",
              "gpm_eps_end": "inflora: the threshold it rises to by the last task",
              "kd_residual": "sd-lora-kd: 'relative' (scale-free, Eqn. 7) or 'absolute' "
