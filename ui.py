@@ -100,6 +100,18 @@ def label(path: str) -> str:
     return Path(path).name + (" (damaged)" if path in damaged_runs() else "")
 
 
+def method_label(config: dict) -> str:
+    """A run's method as its pages name it: `joint` with the adapter it trains."""
+    method = config.get("method", "?")
+    return f"{method} ({config.get('joint_adapter', 'lora')} adapter)" if method == "joint" else method
+
+
+def code_list(names) -> str:
+    """`a`, `b` and `c`, for a sentence."""
+    names = [f"`{n}`" for n in names]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
 def no_runs_message() -> None:
     st.info("No finished task in any run yet. Start one on the **Train** page (a few minutes on "
             "a CPU), or from a terminal: `python -m sdlora train`. The repo's demo runs are made "

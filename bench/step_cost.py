@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdlora.backbone import image_size  # noqa: E402
 from sdlora.config import TrainConfig  # noqa: E402
-from sdlora.model import ContinualViT  # noqa: E402
+from sdlora.methods.lora import ContinualViT  # noqa: E402
 from sdlora.train import build_model, task_generator  # noqa: E402
 
 

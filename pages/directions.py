@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 from sdlora.analysis import (absorption_table, cached, figures, relative_distances, residual_series,  # noqa: E402
                              residuals_at_task_end, task_specific_weights)
 from sdlora.config import TrainConfig  # noqa: E402
+from sdlora.methods.lora import has_part, methods_with  # noqa: E402
 
 WHY_TWO = (
     "**Why the two curves differ.** The relative residual only asks *which way* the new "
@@ -41,10 +42,17 @@ def body() -> None:
     if run is None:
         ui.no_runs_message()
         return
+    config = run.config()
+    if not has_part(config, "directions"):
+        st.info(f"Directions are SD-LoRA's: run {run.id} uses `{ui.method_label(config)}`, which "
+                f"has no per-task directions to compare. The methods that add one per task are "
+                f"{ui.code_list(methods_with('directions'))}; pick one of their runs in the "
+                f"sidebar. The distances below hold for any run.")
+        return
     series = residual_series(run)
     if series.empty:
-        st.info("No residuals in this run: they need a method that adds a direction per task "
-                "(sd-lora, -rr, -kd, no-rescale, frozen-magnitudes) and at least two tasks.")
+        st.info("No residuals in this run yet: they are logged from the second task on, every "
+                "`residual_every` steps.")
         return
     st.markdown(WHY_TWO)
     left, right = st.columns(2)

@@ -25,7 +25,7 @@ st.markdown(
 
 # After the first paint: these imports load torch (seconds on a fresh server).
 import pandas as pd  # noqa: E402
-from sdlora.analysis import cached, efficiency, figures  # noqa: E402
+from sdlora.analysis import cached, efficiency, figures, table5_row  # noqa: E402
 from sdlora.runs import RunFolder  # noqa: E402
 
 
@@ -91,18 +91,14 @@ def per_run() -> None:
     for p in chosen:
         run = RunFolder(p)
         eff = cached(run, "efficiency", lambda: efficiency(run))
-        last = eff["per_task"][-1]
-        rows.append(dict(run=run.id, method=eff["method"], tasks=last["task"],
-                         learnable_last_task=last["learnable"],
-                         stored_adapter=last["stored_adapter"], stored_head=last["stored_head"],
-                         stored_backbone_copy=last["stored_backbone"],
-                         components=last["components"],
-                         gflops_merged=round(eff["gflops_merged"], 4),
-                         gflops_plain_vit=round(eff["gflops_plain"], 4),
-                         stored_samples=eff["stored_samples"]))
+        rows.append(dict(run=run.id, **table5_row(eff)))
         costs.append(dict(label=run.id, method=eff["method"], step_ms=eff["step_ms_median"]))
     if rows:
         table = pd.DataFrame(rows)
+        st.caption("Table 5's columns first: GFLOPs per test image (prompt methods such as L2P "
+                   "pay a second, frozen query pass: `forward_passes` 2), parameters learned on "
+                   "the last task besides the head, and parameters stored after it besides the "
+                   "pretrained backbone; then what the stored ones are.")
         st.dataframe(table, hide_index=True, width="stretch")
         st.download_button("Table (CSV)", table.to_csv(index=False), file_name="efficiency.csv")
         with st.expander("Step time task by task in these runs' own logs (noisy)"):

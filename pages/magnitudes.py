@@ -16,6 +16,7 @@ st.markdown(
 
 # After the first paint: these imports load torch (seconds on a fresh server).
 from sdlora.analysis import figures  # noqa: E402
+from sdlora.methods.lora import has_part, methods_with  # noqa: E402
 
 
 def body() -> None:
@@ -23,10 +24,16 @@ def body() -> None:
     if run is None:
         ui.no_runs_message()
         return
+    config = run.config()
+    if not has_part(config, "magnitudes"):
+        st.info(f"Magnitudes are SD-LoRA's: run {run.id} uses `{ui.method_label(config)}`, which "
+                f"has no magnitudes. The methods that learn them are "
+                f"{ui.code_list(methods_with('magnitudes'))} (and `joint` with the sd-lora "
+                f"adapter); pick one of their runs in the sidebar.")
+        return
     series = ui.cached_analysis("magnitude_series", run)
     if series.empty:
-        st.info(f"Run {run.id} uses `{run.config()['method']}`, which has no magnitudes. Pick "
-                "an SD-LoRA run (sd-lora, -rr, -kd or an ablation) in the sidebar.")
+        st.info(f"Run {run.id} logged no magnitudes yet: it has not taken a step.")
         return
     ui.show(figures.magnitude_figure(series, f"Learned magnitudes: {run.id}"), series,
             "magnitudes")

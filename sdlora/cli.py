@@ -22,7 +22,8 @@ _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "var
           "class_order_seed": int, "amp": str, "num_workers": int, "joint_adapter": str,
           "holdout": str, "val_fraction": float,
           "l2p_variant": str, "prompt_pool": int, "prompt_length": int, "prompt_top_k": int,
-          "pull_weight": float, "gpm_eps_start": float, "gpm_eps_end": float}
+          "pull_weight": float, "gpm_eps_start": float, "gpm_eps_end": float,
+          "grad_clip": float}
 
 
 def _train_parser(sub) -> None:
@@ -41,6 +42,8 @@ def _train_parser(sub) -> None:
              "prompt_length": "l2p: tokens per prompt (default: the variant's, 5 or 20)",
              "prompt_top_k": "l2p: prompts chosen per image",
              "pull_weight": "l2p: weight of the key-query pull",
+             "grad_clip": "clip the gradient norm to this (default: the method's; 1.0 for l2p "
+                          "as its released code, none for the others)",
              "gpm_eps_start": "inflora: DualGPM threshold after task 1",
              "gpm_eps_end": "inflora: the threshold it rises to by the last task",
              "kd_residual": "sd-lora-kd: 'relative' (scale-free, Eqn. 7) or 'absolute' "
@@ -59,21 +62,6 @@ def _train_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _resolve_run(name: str) -> Path:
-    from .runs import default_runs_root
-
-    path = Path(name)
-    if path.exists():
-        if not path.is_dir():
-            raise ConfigError(f"{path} is a file; expected a run folder (or a run id)")
-        return path
-    candidate = default_runs_root() / name
-    if candidate.exists():
-        return candidate
-    raise ConfigError(f"run {name!r} not found (neither a folder nor an id under "
-                      f"{default_runs_root()}); `python -m sdlora runs` lists them")
-
-
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -81,6 +69,7 @@ def _interrupt(signum, frame) -> None:
 def _cmd_train(args) -> int:
     import signal
 
+    from .runs import resolve_run
     from .train import train
 
     signal.signal(signal.SIGTERM, _interrupt)  # a cancelled job records 'cancelled' and stops
@@ -92,7 +81,7 @@ def _cmd_train(args) -> int:
             _check_out(default_runs_root() / "new-run", "the runs folder")
 
     if args.resume:
-        run = train(resume=_resolve_run(args.resume), progress=not args.quiet)
+        run = train(resume=resolve_run(args.resume), progress=not args.quiet)
     elif args.config:
         config = TrainConfig.from_dict(_read_config(args.config))
         _check_before_training(config)
@@ -252,9 +241,9 @@ def _cmd_runs(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    from .runs import RunFolder
+    from .runs import RunFolder, resolve_run
 
-    path = _resolve_run(args.run)
+    path = resolve_run(args.run)
     RunFolder(path).config()  # a damaged config.json is named, not skipped
     if args.json:
         print(json.dumps(RunFolder(path).metrics(), indent=1))

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["TrainConfig", "METHODS", "JOINT_ADAPTERS", "L2P_VARIANTS", "ConfigError"]
+__all__ = ["TrainConfig", "METHODS", "JOINT_ADAPTERS", "L2P_VARIANTS", "GRAD_CLIP_DEFAULTS",
+           "ConfigError"]
 
 # Method name -> one line of what it is (the table in sdlora.methods gives the behaviour).
 METHODS: dict[str, str] = {
@@ -36,7 +37,22 @@ METHODS: dict[str, str] = {
 # the mean of the prompt outputs; 'l2p++': prefix keys/values at block 0, head on the class token.
 L2P_VARIANTS = {"l2p": (10, 5), "l2p++": (30, 20)}
 
-# Adapters the `joint` upper bound can train with (rows of sdlora.model.TRAITS).
+# Gradient-norm clip per method when `grad_clip` is not given: L2P's released code clips at 1.0
+# (google-research/l2p, and the PyTorch port's --clip-grad 1.0); every other method does not.
+GRAD_CLIP_DEFAULTS: dict[str, float | None] = {"l2p": 1.0}
+
+
+class _ByMethod:
+    """`grad_clip`'s default: resolved to the method's `GRAD_CLIP_DEFAULTS` entry (None if it
+    has none) when the config is made, so a saved config always holds the value used."""
+
+    def __repr__(self) -> str:
+        return "the method's default"
+
+
+BY_METHOD: Any = _ByMethod()
+
+# Adapters the `joint` upper bound can train with (rows of sdlora.methods.lora.TRAITS).
 JOINT_ADAPTERS = ("lora", "sd-lora", "full-ft")
 
 
@@ -137,6 +153,9 @@ class TrainConfig:
     prompt_length: int | None = None  # l2p: tokens per prompt (None: the variant's, 5 / 20)
     prompt_top_k: int = 5  # l2p: prompts chosen per image
     pull_weight: float = 0.1  # l2p: weight of the key-query pull, loss -= w * sum cos / B
+    # Clip the global gradient norm of what torch.optim steps to this value (None: no clip);
+    # by default the method's (GRAD_CLIP_DEFAULTS: 1.0 for l2p, as its released code; else None)
+    grad_clip: float | None = BY_METHOD
     gpm_eps_start: float = 0.98  # inflora: DualGPM energy threshold after the first task ...
     gpm_eps_end: float = 1.0  # ... rising linearly, eps_t = start + (end - start) * t / tasks
     device: str = "auto"  # 'auto', 'cpu' or 'cuda'
@@ -145,6 +164,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.rr_ranks = tuple(self.rr_ranks)
+        if self.grad_clip is BY_METHOD:
+            self.grad_clip = GRAD_CLIP_DEFAULTS.get(self.method)
         self.validate()
 
     def validate(self) -> None:
@@ -169,6 +190,9 @@ class TrainConfig:
                      "magnitude_init"):
             _finite(name, getattr(self, name))
         _finite("new_magnitude_init", self.new_magnitude_init, optional=True)
+        if self.grad_clip is not None:
+            _finite("grad_clip", self.grad_clip, optional=True)
+            _positive("grad_clip", self.grad_clip)
         _choice("optimizer", self.optimizer, ["adam", "sgd"])
         _choice("schedule", self.schedule, ["constant", "cosine"])
         _choice("variant", self.variant, ["paper", "released"])
@@ -248,10 +272,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """A config from a run's config.json (or one written like it). A key it lacks takes
+        today's default, except `grad_clip`: a config saved before that setting existed ran
+        without a clip, so a missing ``grad_clip`` is None (give it to clip, e.g. 1.0 for l2p)."""
         known = {f.name for f in fields(cls)}
         if not isinstance(d, dict):
             raise ConfigError(f"a configuration must be a JSON object of TrainConfig fields, "
                               f"not {type(d).__name__}")
+        d = {"grad_clip": None, **d}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; valid: {sorted(known)}")

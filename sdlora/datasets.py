@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .data import Benchmark, DataError
+from .benchmark import Benchmark, DataError
 
 __all__ = ["ImageDataset", "FILE_BENCHMARKS", "load_file_benchmark", "data_root", "transforms_for"]
 

@@ -38,11 +38,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config import ConfigError
+
 if TYPE_CHECKING:  # torch and safetensors load only with a checkpoint: listing runs stays light
     import torch
 
 __all__ = ["RunError", "RunFolder", "RunClaim", "default_runs_root", "demo_runs_root", "list_runs",
-           "atomic_write_json", "atomic_write_text", "pid_alive"]
+           "resolve_run", "atomic_write_json", "atomic_write_text", "pid_alive"]
 
 MARKER = ".sdlora-run"
 LOCK = ".lock"
@@ -58,6 +60,21 @@ def default_runs_root() -> Path:
     cache = os.environ.get("SDLORA_CACHE")
     base = Path(cache) if cache else Path(__file__).resolve().parent.parent / "cache"
     return base / "runs"
+
+
+def resolve_run(name: str | Path) -> Path:
+    """A run folder from a path or a run id under `default_runs_root()` (the command line's
+    ``RUN`` arguments); ConfigError naming both places when neither exists."""
+    path = Path(name)
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{path} is a file; expected a run folder (or a run id)")
+        return path
+    candidate = default_runs_root() / name
+    if candidate.exists():
+        return candidate
+    raise ConfigError(f"run {name!r} not found (neither a folder nor an id under "
+                      f"{default_runs_root()}); `python -m sdlora runs` lists them")
 
 
 def pid_alive(pid) -> bool:

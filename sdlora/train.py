@@ -139,6 +139,14 @@ def _autocast(device, amp: str):
                           enabled=amp == "bf16" and device.type == "cuda")
 
 
+def _clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    """Scale the gradients of everything `optimizer` steps so their global L2 norm is at most
+    `max_norm` (`config.grad_clip`; L2P's released code: 1.0). The frozen magnitudes that
+    `sdlora.fused` steps are outside it: their gradient is formed inside that fused step."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
 def _optimizer(groups: dict[str, list], config: TrainConfig) -> torch.optim.Optimizer:
     param_groups = [dict(params=p, lr=config.lr * (config.head_lr_scale if name == "head" else 1),
                          name=name) for name, p in groups.items() if p]
@@ -385,6 +393,8 @@ def _train_task(model: ContinualMethod, config: TrainConfig, split: TaskSplit, b
                     for o in optimizers:
                         o.zero_grad(set_to_none=True)
                     objective.backward()
+                    if config.grad_clip is not None:
+                        _clip_gradients(optimizer, config.grad_clip)
                     for o in optimizers:
                         o.step()
                     for scheduler in schedulers:

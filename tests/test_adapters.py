@@ -155,7 +155,7 @@ EXPECTED_TRAINABLE = {
 
 def _lora_family() -> list[str]:
     from sdlora.methods import method_class
-    from sdlora.model import ContinualViT
+    from sdlora.methods.lora import ContinualViT
     return [m for m in METHODS if method_class(m) is ContinualViT]
 
 

@@ -174,3 +174,51 @@ def test_pages_with_a_damaged_run_selected(page, name, damaged_cache, monkeypatc
     if page in ("accuracy", "magnitudes", "directions"):
         errors = " ".join(e.value for e in at.error)
         assert DAMAGED[name][2] in errors, errors  # the page names what is wrong
+
+
+# -- the baselines on the pages that make sense for them (issue #10) ---------------------------
+@pytest.fixture(scope="module")
+def baseline_cache(tmp_path_factory):
+    """One finished run of each of L2P and SimpleCIL (digits, 2 tasks, 1 epoch)."""
+    from tests.conftest import small_benchmark
+
+    cache = tmp_path_factory.mktemp("baselines")
+    bench = small_benchmark(classes=4)
+    for method in ("l2p", "simplecil"):
+        cfg = TrainConfig(method=method, benchmark="digits", tasks=2, epochs=1, batch_size=12)
+        train(cfg, out=cache / "runs" / f"run-{method}", progress=False, benchmark=bench)
+    return cache
+
+
+@pytest.mark.parametrize("page, method", [("magnitudes", "l2p"), ("magnitudes", "simplecil"),
+                                          ("directions", "l2p"), ("directions", "simplecil")])
+def test_sd_lora_pages_say_plainly_a_baseline_has_no_such_part(page, method, baseline_cache,
+                                                               monkeypatch):
+    monkeypatch.setenv("SDLORA_CACHE", str(baseline_cache))
+    at = _open_with_run(page, baseline_cache / "runs" / f"run-{method}")
+    infos = [i.value for i in at.info]
+    part = "Magnitudes" if page == "magnitudes" else "Directions"
+    said = [i for i in infos if i.startswith(f"{part} are SD-LoRA's")]
+    assert len(said) == 1, infos
+    assert f"`{method}`" in said[0] and "`sd-lora`" in said[0] and "`sd-lora-kd`" in said[0]
+    assert _charts(at) == 0 and not at.error  # no empty chart
+
+
+def test_efficiency_table_has_table5_columns_for_the_baselines(baseline_cache, monkeypatch):
+    monkeypatch.setenv("SDLORA_CACHE", str(baseline_cache))
+    at = _open("efficiency")
+    assert not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value.set_index("method")
+    assert list(table.columns[1:5]) == ["tasks", "gflops_per_image", "forward_passes",
+                                        "learnable_params"]
+    assert {"l2p", "simplecil"} == set(table.index)
+    l2p, simplecil = table.loc["l2p"], table.loc["simplecil"]
+    # L2P pays the frozen query pass: about two plain ViTs; SimpleCIL is one plain ViT
+    assert l2p["forward_passes"] == 2 and simplecil["forward_passes"] == 1
+    assert l2p["gflops_per_image"] > 1.9 * l2p["gflops_plain_vit"]
+    assert simplecil["gflops_per_image"] == pytest.approx(simplecil["gflops_plain_vit"], rel=0.05)
+    assert l2p["learnable_params"] == l2p["stored_adapter"] > 0  # the prompt pool and keys
+    assert simplecil["learnable_params"] == 0  # no gradient step
+    for row in (l2p, simplecil):
+        assert row["stored_params"] == (row["stored_adapter"] + row["stored_head"]
+                                        + row["stored_backbone_copy"] + row["stored_features"])

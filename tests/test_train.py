@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sdlora.backbone import EMBEDDED_WEIGHTS, create_backbone
-from sdlora.config import ConfigError, TrainConfig
+from sdlora.config import METHODS, ConfigError, TrainConfig
 from sdlora.data import make_task_split
 from sdlora.metrics import summarise
 from sdlora.runs import RunError, RunFolder
@@ -108,10 +108,73 @@ def test_existing_run_is_not_overwritten(tmp_path, tiny_benchmark):
     (dict(epochs=0), "epochs=0"),
     (dict(optimizer="lion"), "optimizer='lion'"),
     (dict(variant="released", method="lora"), "variant='released'"),
+    (dict(grad_clip=0), "grad_clip=0 "),
+    (dict(grad_clip=-1.0, method="l2p"), "grad_clip=-1.0 "),
+    (dict(grad_clip=float("inf")), "grad_clip=inf "),
+    (dict(grad_clip="1"), "grad_clip='1' "),
 ])
 def test_config_rejects_bad_values(kw, bad):
     with pytest.raises(ConfigError, match=bad.replace("(", r"\(")):
         TrainConfig(**kw)
+
+
+def test_grad_clip_defaults_to_the_methods_own():
+    """L2P's released code clips the gradient norm at 1.0; no other method clips by default.
+    The saved config holds the value used, and a config saved before the setting existed ran
+    without a clip."""
+    assert TrainConfig(method="l2p").grad_clip == 1.0
+    assert TrainConfig(method="l2p", grad_clip=None).grad_clip is None
+    assert TrainConfig(method="l2p", grad_clip=5).grad_clip == 5
+    assert all(TrainConfig(method=m).grad_clip is None for m in METHODS if m != "l2p")
+    saved = TrainConfig(method="l2p").to_dict()
+    assert saved["grad_clip"] == 1.0 and TrainConfig.from_dict(saved).grad_clip == 1.0
+    del saved["grad_clip"]
+    assert TrainConfig.from_dict(saved).grad_clip is None
+
+
+@pytest.mark.parametrize("method, clip", [("l2p", 1.0), ("sd-lora", None)])
+def test_training_step_clips_the_gradient_norm_when_asked(method, clip, tmp_path, monkeypatch):
+    """Every step of an l2p run clips what the optimiser steps at 1.0; sd-lora never clips."""
+    from tests.conftest import small_benchmark
+
+    real, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def spy(params, max_norm, *args, **kwargs):
+        params = list(params)
+        calls.append((max_norm, params))
+        return real(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    config = TrainConfig(method=method, benchmark="digits", tasks=2, epochs=1, batch_size=12)
+    run = train(config, out=tmp_path / "run", progress=False,
+                benchmark=small_benchmark(classes=4))
+    steps = len(run.steps())
+    assert steps > 0
+    if clip is None:
+        assert calls == []
+        return
+    assert len(calls) == steps and {c[0] for c in calls} == {clip}
+    pool, length = config.prompt_shape()
+    shapes = {tuple(p.shape) for p in calls[-1][1]}
+    dim = load_model(run, 1).backbone.embed_dim
+    assert {(pool, length, dim), (pool, dim)} <= shapes  # the prompts and keys (and the head)
+
+
+def test_clip_bounds_a_huge_step():
+    """`_clip_gradients` scales the global norm down to the limit: one SGD step at lr 1e4 moves
+    the parameters by at most lr * 1.0."""
+    from sdlora.train import _clip_gradients
+
+    weights = [torch.nn.Parameter(torch.zeros(50)), torch.nn.Parameter(torch.zeros(3, 4))]
+    optimizer = torch.optim.SGD(weights, lr=1e4)
+    loss = 1e3 * (weights[0].sum() + weights[1].pow(2).sum() + weights[1].sum())
+    loss.backward()
+    before = float(torch.cat([w.grad.flatten() for w in weights]).norm())
+    assert before > 1.0
+    _clip_gradients(optimizer, 1.0)
+    optimizer.step()
+    moved = float(torch.cat([w.detach().flatten() for w in weights]).norm())
+    assert moved == pytest.approx(1e4, rel=1e-5)
 
 
 def test_task_count_must_divide_classes():

@@ -17,6 +17,7 @@ from .core import (
     residual_series,
     residuals_at_task_end,
     seed_groups,
+    table5_row,
     task_specific_weights,
 )
 from .theory import matrix_factorisation_dynamics
@@ -36,6 +37,7 @@ __all__ = [
     "residual_series",
     "residuals_at_task_end",
     "seed_groups",
+    "table5_row",
     "task_specific_weights",
     "toy_landscape",
 ]

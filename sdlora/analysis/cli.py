@@ -106,7 +106,7 @@ def run_analyse(args) -> int:
     from tqdm import tqdm
 
     from ..config import ConfigError
-    from ..runs import RunFolder
+    from ..runs import RunFolder, resolve_run
     from . import core, figures, landscape, theory
 
     unknown = [w for w in args.what if w not in WHAT]
@@ -115,8 +115,7 @@ def run_analyse(args) -> int:
     if args.points < 2:
         raise ConfigError(f"--points {args.points} is not valid; interpolation needs at least 2 "
                           f"points (the two checkpoints)")
-    from ..cli import _resolve_run
-    run = RunFolder(_resolve_run(args.run))
+    run = RunFolder(resolve_run(args.run))
     if not run.exists():
         raise ConfigError(f"{run.path} is not a run folder ({run.config_path} is missing)")
     out = Path(args.html) if args.html else run.analyses_dir / "figures"

@@ -38,7 +38,8 @@ from ..runs import RunError, RunFolder, atomic_write_json
 __all__ = [
     "absorption_table", "accuracy_matrix_frame", "accuracy_table", "cached", "efficiency",
     "interpolate", "magnitude_series", "magnitudes_at_task_end", "relative_distances",
-    "residual_series", "residuals_at_task_end", "seed_groups", "task_specific_weights",
+    "residual_series", "residuals_at_task_end", "seed_groups", "table5_row",
+    "task_specific_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -399,7 +400,9 @@ def efficiency(run: RunFolder | str | Path) -> dict:
     Every method of `sdlora.methods`: ``learnable`` is what trains on the task besides the head
     (the LoRA family: the task's A, B and magnitudes; InfLoRA: the task's B, its A is fixed;
     L2P: the prompt pool and keys); ``stored_features`` what is kept besides weights (InfLoRA's
-    DualGPM bases, Table 5's 'stored features'); ``gflops_per_image`` what one test image costs,
+    DualGPM bases, Table 5's 'stored features'); ``stored`` everything kept besides the
+    pretrained backbone (adapter or prompts, head or prototypes, a trained backbone's copy,
+    stored features); ``gflops_per_image`` what one test image costs,
     counting the frozen query pass of prompt methods (``forward_passes`` 2), which have no
     merged form (``gflops_merged`` NaN)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -438,9 +441,11 @@ def efficiency(run: RunFolder | str | Path) -> dict:
                              stored_head=stored("head.", "prototypes."),
                              stored_backbone=stored("backbone."),
                              stored_features=stored("gpm.")))
-    if config.method == "full-ft":
-        for row in per_task:
+    for row in per_task:
+        if config.method == "full-ft":
             row["learnable"] = row["stored_backbone"]
+        row["stored"] = sum(row[k] for k in ("stored_adapter", "stored_head", "stored_backbone",
+                                             "stored_features"))
     steps = pd.DataFrame(run.steps())
     step_ms = (steps.groupby("task")["seconds"].median() * 1e3).round(2).tolist() if len(steps) else []
     model = load_model(run, done - 1).eval()
@@ -469,4 +474,27 @@ def efficiency(run: RunFolder | str | Path) -> dict:
                 backbone_params=sum(p.numel() for p in plain.parameters()),
                 table5=dict(gflops=gflops_merged if mergeable else gflops_unmerged,
                             learnable_m=last["learnable"] / 1e6,
+                            stored_m=last["stored"] / 1e6,
                             stored_features_m=last["stored_features"] / 1e6))
+
+
+def table5_row(eff: dict) -> dict:
+    """One run's row of Table 5 from `efficiency(run)` (as computed or as cached): GFLOPs per
+    test image (``forward_passes`` of the backbone: a prompt method's frozen query pass
+    counted), parameters learned on the last task besides the head, and everything stored after
+    it besides the pretrained backbone (adapter or prompts and keys, head or prototypes, a
+    trained backbone's copy, stored features), with its parts. An efficiency cached before a
+    column existed was a LoRA-family run's: one pass, its merged model's cost, no features."""
+    last = eff["per_task"][-1]
+    features = last.get("stored_features", 0)
+    stored = last.get("stored", last["stored_adapter"] + last["stored_head"]
+                      + last["stored_backbone"] + features)
+    return dict(method=eff["method"], tasks=last["task"],
+                gflops_per_image=round(eff.get("gflops_per_image", eff["gflops_merged"]), 4),
+                forward_passes=eff.get("forward_passes", 1),
+                learnable_params=last["learnable"], stored_params=stored,
+                stored_adapter=last["stored_adapter"], stored_head=last["stored_head"],
+                stored_backbone_copy=last["stored_backbone"], stored_features=features,
+                stored_samples=eff["stored_samples"], components=last["components"],
+                gflops_merged=round(eff["gflops_merged"], 4),
+                gflops_plain_vit=round(eff["gflops_plain"], 4))

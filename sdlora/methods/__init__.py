@@ -5,7 +5,7 @@ One module per method family; the training loop in `sdlora.train` is the same fo
 =======================  ==========================  ==========================================
 methods                  module                      what it is
 =======================  ==========================  ==========================================
-sd-lora, -rr, -kd,       ``sdlora.model``            one `QVAdapter` on the q/v slices of
+sd-lora, -rr, -kd,       ``sdlora.methods.lora``     one `QVAdapter` on the q/v slices of
 lora, ablations,                                     ``attn.qkv`` (Eqn. 4 and relatives), or
 full-ft, frozen                                      the whole backbone / nothing, + linear head
 simplecil                ``sdlora.methods.simplecil`` frozen backbone, cosine class-mean
@@ -33,7 +33,7 @@ from .base import ContinualMethod, IncrementalHead, NotMergeable
 __all__ = ["ContinualMethod", "IncrementalHead", "NotMergeable", "method_class", "build_method"]
 
 # Method name -> (module, class). Every name of sdlora.config.METHODS has a row.
-_FAMILY = ("sdlora.model", "ContinualViT")
+_FAMILY = ("sdlora.methods.lora", "ContinualViT")
 _SPECIAL: dict[str, tuple[str, str]] = {
     "simplecil": ("sdlora.methods.simplecil", "SimpleCIL"),
     "joint": ("sdlora.methods.joint", "Joint"),

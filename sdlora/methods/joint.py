@@ -5,11 +5,11 @@ setting names the incremental protocol it bounds), so the same loop, the same ep
 training sample and the same head train it. The adapter is a choice (`joint_adapter`): vanilla
 LoRA (``lora``), SD-LoRA's normalised component (``sd-lora``) or the whole backbone
 (``full-ft``); the model is the LoRA family's, following that adapter's row of
-`sdlora.model.TRAITS`.
+`sdlora.methods.lora.TRAITS`.
 """
 from __future__ import annotations
 
-from ..model import ContinualViT
+from .lora import ContinualViT
 
 __all__ = ["Joint"]
 

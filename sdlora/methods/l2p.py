@@ -16,7 +16,9 @@ sample's prediction never depends on the other images of its batch.
 
 Loss: the loop's cross-entropy over the current task's logits, plus `auxiliary_loss`:
 ``-pull_weight * sum over the batch and the chosen keys of cos(query, key) / B`` (0.1 as in
-the PyTorch port and PILOT), which pulls the chosen keys toward the queries. Trains: prompts,
+the PyTorch port and PILOT), which pulls the chosen keys toward the queries. The gradient norm
+is clipped at 1.0 as in the released code (`grad_clip`, whose default for l2p is
+`sdlora.config.GRAD_CLIP_DEFAULTS`'s 1.0; None turns it off). Trains: prompts,
 keys and the current task's head rows. Not mergeable: prompts depend on the input.
 """
 from __future__ import annotations
