@@ -18,6 +18,7 @@ st.markdown(
 # After the first paint: these imports load torch (seconds on a fresh server).
 import pandas as pd  # noqa: E402
 from sdlora.analysis import cached, figures, interpolate  # noqa: E402
+from sdlora.analysis.core import INTERPOLATION_POINTS  # noqa: E402
 from sdlora.runs import RunFolder  # noqa: E402
 
 
@@ -38,7 +39,8 @@ def body() -> None:
     most = min(RunFolder(p).completed_tasks() for p in chosen)
     c1, c2 = st.columns(2)
     task = c1.slider("Task boundary t (from t−1 to t)", 2, most, 2) if most > 2 else 2
-    points = c2.slider("Points on the line", 3, 21, 11, step=2)
+    points = c2.slider("Points on the line", 3, 21, INTERPOLATION_POINTS, step=2,
+                       help="Each point is one pass over the test data of the tasks so far.")
     panels = {}
     for p in chosen:
         run = RunFolder(p)

@@ -15,6 +15,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
+from .core import INTERPOLATION_POINTS  # noqa: E402 (numpy, pandas, torch: already needed)
+
 WHAT = ["accuracy", "magnitudes", "residuals", "interpolation", "efficiency", "distances",
         "theory", "landscape"]
 PNG_SIZE = dict(width=1000, height=560)
@@ -27,7 +29,9 @@ def add_parser(sub) -> None:
                                                  "interpolation", "efficiency"],
                    help=f"any of: {', '.join(WHAT)} (distances fine-tunes one model per task)")
     p.add_argument("--html", default=None, help="output folder (default: <run>/analyses/figures)")
-    p.add_argument("--points", type=int, default=11, help="interpolation points")
+    p.add_argument("--points", type=int, default=INTERPOLATION_POINTS,
+                   help=f"interpolation points (default {INTERPOLATION_POINTS}: lambda 0, .25, .5, "
+                        f".75, 1; more for a finer line, each costs one pass over the test data)")
     p.add_argument("--no-png", action="store_true", help="HTML and CSV only (no browser)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_analyse)
