@@ -19,6 +19,7 @@ st.markdown(
 import pandas as pd  # noqa: E402
 from sdlora.analysis import cached, figures, interpolate  # noqa: E402
 from sdlora.analysis.core import INTERPOLATION_POINTS  # noqa: E402
+from sdlora.methods import method_class  # noqa: E402
 from sdlora.runs import RunFolder  # noqa: E402
 
 
@@ -29,6 +30,14 @@ def body() -> None:
                 "Queue *vanilla LoRA vs SD-LoRA* on the **Train** page.")
         return
     methods = {p: RunFolder(p).config()["method"] for p in paths}
+    lineless = sorted({m for m in methods.values() if not method_class(m).mergeable})
+    if lineless:
+        st.caption(f"Not listed: runs of {', '.join(lineless)}. Its model is not a plain set of "
+                   "weights (prompts are chosen per image by a second pass), so there is no "
+                   "straight line between two of its checkpoints.")
+        paths = [p for p in paths if methods[p] not in lineless]
+        if not paths:
+            return
     default = ([next(p for p in paths if methods[p] == "lora")] if "lora" in methods.values() else []) + \
               ([next(p for p in paths if methods[p] == "sd-lora")] if "sd-lora" in methods.values() else [])
     chosen = st.multiselect("Runs (side by side)", paths, default=default or paths[:1],

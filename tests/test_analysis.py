@@ -91,13 +91,36 @@ def test_interpolation_end_points_match_checkpoints(tiny_runs):
     runs, bench = tiny_runs
     for run in runs.values():
         R = run.metrics()["accuracy_matrix"]
-        frame = interpolate(run, 3, points=3, benchmark=bench)
+        frame = interpolate(run, 3, points=3, benchmark=bench, measured_ends=False)
         start, end = frame.iloc[0], frame.iloc[-1]
+        measured = interpolate(run, 3, points=3, benchmark=bench)  # ends from the matrix
+        assert np.allclose(measured.drop(columns="lambda").to_numpy(),
+                           frame.drop(columns="lambda").to_numpy())
         assert [start["task 1"], start["task 2"]] == pytest.approx(R[1])
         assert start["task 3"] == 0.0  # task 3's classes are not predicted at lambda = 0
         assert [end[f"task {j}"] for j in (1, 2, 3)] == pytest.approx(R[2])
     with pytest.raises(ValueError, match="task=1 is not valid"):
         interpolate(runs["lora"], 1, benchmark=bench)
+
+
+@pytest.mark.parametrize("method", ["inflora", "simplecil", "l2p"])
+def test_interpolation_of_other_methods_uses_their_plain_form(tmp_path, method):
+    """InfLoRA and SimpleCIL end each task as a plain ViT: the line's ends reproduce the two
+    checkpoints' accuracies. L2P has no plain form: a clear error, not a line drawn between two
+    identical frozen backbones that leaves the prompts out."""
+    from tests.conftest import small_benchmark
+
+    bench = small_benchmark(classes=4)
+    run = train(TrainConfig(method=method, benchmark="digits", tasks=2, epochs=1, batch_size=12),
+                out=tmp_path / method, progress=False, benchmark=bench)
+    if method == "l2p":
+        with pytest.raises(ValueError, match="'l2p' has no plain-ViT form"):
+            interpolate(run, 2, points=3, benchmark=bench)
+        return
+    R = run.metrics()["accuracy_matrix"]
+    frame = interpolate(run, 2, points=3, benchmark=bench, measured_ends=False)
+    assert frame.iloc[0]["task 1"] == pytest.approx(R[0][0]) and frame.iloc[0]["task 2"] == 0
+    assert [frame.iloc[-1]["task 1"], frame.iloc[-1]["task 2"]] == pytest.approx(R[1])
 
 
 def test_relative_distances_definition():

@@ -177,8 +177,13 @@ def run_analyse(args) -> int:
                 benchmark = benchmark or load_data(TrainConfig.from_dict(run.config()))
                 return core.interpolate(run, t, args.points,
                                         benchmark=benchmark).to_dict("records")
-            frame = pd.DataFrame(core.cached(run, f"interpolation_task{t}_{args.points}",
-                                             compute))
+            try:
+                frame = pd.DataFrame(core.cached(run, f"interpolation_task{t}_{args.points}",
+                                                 compute))
+            except ValueError as err:  # a method without plain weights (L2P): no line to draw
+                log.warning("interpolation skipped: %s", err)
+                bar.update(len(boundaries) - boundaries.index(t))
+                break
             figs.add(figures.interpolation_figure({run.id: frame}, t), frame,
                      f"interpolation_task{t}")
             bar.update()

@@ -278,20 +278,37 @@ def absorption_table(run: RunFolder | str | Path, residuals: pd.DataFrame | None
     return out
 
 # -- interpolation (Fig. 4b/c) -----------------------------------------------------------------
-def _merged_state(model) -> dict[str, torch.Tensor]:
-    state = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
-    if model.adapter is not None:
-        state.update({k: v.detach() for k, v in model.composed_weights().items()})
-    return state
+def _line_ends(before, after, method: str):
+    """The two checkpoints in their plain-ViT form (`merged()`): the weights at each end of the
+    line (every parameter but the head) and the later model, whose head is used all along."""
+    from ..methods import NotMergeable
+
+    try:
+        start_model, end_model = before.merged(), after.merged()
+    except NotMergeable as err:
+        raise ValueError(f"method {method!r} has no plain-ViT form, so there are no two weight "
+                         f"vectors to draw a straight line between ({err}); interpolation is "
+                         f"for methods whose tasks end as plain weights (the LoRA family, "
+                         f"InfLoRA, SimpleCIL)") from None
+
+    def body(m) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in m.model.state_dict().items()
+                if not k.startswith("head.")}
+    return end_model, body(start_model), body(end_model)
 
 
 @torch.no_grad()
 def interpolate(run: RunFolder | str | Path, task: int, points: int = INTERPOLATION_POINTS,
                 device: str = "cpu", progress: Callable[[float], None] | None = None,
-                benchmark=None) -> pd.DataFrame:
+                benchmark=None, measured_ends: bool = True) -> pd.DataFrame:
     """Accuracy along the line from the model after task `task`-1 to after `task` (1-based
     `task` >= 2; see the module docstring for the head). Columns: lambda, old (accuracy on
-    tasks 1..task-1's test data), new (task `task`'s), and 'task j' for each."""
+    tasks 1..task-1's test data), new (task `task`'s), and 'task j' for each.
+
+    The ends of the line are the two checkpoints. With `measured_ends` their accuracies are the
+    run's own, from its accuracy matrix (measured when each task ended), instead of two more
+    passes over the test data; `measured_ends=False` recomputes them (the tests check that both
+    give the same numbers)."""
     from ..train import batches, load_data, load_model, split_for
 
     run = _run(run)
@@ -306,16 +323,26 @@ def interpolate(run: RunFolder | str | Path, task: int, points: int = INTERPOLAT
     benchmark = benchmark or load_data(config)
     split = split_for(config, benchmark)
     before, after = load_model(run, task - 2, device), load_model(run, task - 1, device)
-    start, end = _merged_state(before), _merged_state(after)
-    plain = after.backbone
-    head = after.head.as_linear().to(device)
+    model, start, end = _line_ends(before, after, config.method)
+    model = model.to(device).eval()
     k = split.classes_per_task
     new = slice((task - 1) * k, task * k)
     data = [split.task_data(benchmark.test, j) for j in range(task)]
+    R = run.metrics()["accuracy_matrix"] if measured_ends else None
     rows = []
     for i, lam in enumerate(np.linspace(0.0, 1.0, points)):
-        plain.load_state_dict({n: (1 - lam) * start[n] + lam * end[n] for n in start})
-        plain.eval()
+        if R is not None and lam in (0.0, 1.0):
+            accs = list(R[task - 2][:task - 1]) + [0.0] if lam == 0 else list(R[task - 1][:task])
+            sizes = [len(d) for d in data]
+            row = {"lambda": float(lam), **{f"task {j + 1}": a for j, a in enumerate(accs)}}
+            row["old"] = sum(a * n for a, n in zip(accs[:-1], sizes)) / sum(sizes[:-1])
+            row["new"] = row[f"task {task}"]
+            rows.append(row)
+            if progress is not None:
+                progress((i + 1) / points)
+            continue
+        model.model.load_state_dict({n: (1 - lam) * start[n] + lam * end[n] for n in start},
+                                    strict=False)  # the head stays the later checkpoint's
         row = {"lambda": float(lam)}
         correct = []
         for j, subset in enumerate(data):
@@ -324,7 +351,7 @@ def interpolate(run: RunFolder | str | Path, task: int, points: int = INTERPOLAT
             # right, so its accuracy is 0 by construction and its images are not evaluated.
             if lam > 0 or j < task - 1:
                 for x, y in batches(subset, 512, torch.device(device)):
-                    logits = head(plain((x - after.mean) / after.std))
+                    logits = model(x)
                     logits[:, new] += math.log(lam) if lam > 0 else -math.inf
                     hits += (logits.argmax(1) == y).sum().item()
             correct.append((hits, len(subset)))

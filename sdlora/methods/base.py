@@ -110,6 +110,7 @@ class ContinualMethod(nn.Module):
     """
 
     trains_by_gradient: bool = True  # False: `fit_task` instead of optimiser steps
+    mergeable: bool = True  # False: `merged()` raises NotMergeable (no plain-ViT form)
 
     def __init__(self, backbone: nn.Module, config: TrainConfig,
                  mean: tuple[float, ...], std: tuple[float, ...]) -> None:

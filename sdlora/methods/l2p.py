@@ -37,6 +37,7 @@ __all__ = ["L2P"]
 
 class L2P(ContinualMethod):
     forward_passes = 2  # the query pass and the prompted pass
+    mergeable = False  # prompts chosen per image by a second pass: no plain-ViT form
 
     def __init__(self, backbone: nn.Module, config, mean, std) -> None:
         super().__init__(backbone, config, mean, std)
