@@ -198,11 +198,14 @@ def _cached_analysis(name: str, path: str, stamp: tuple):
 def download_buttons(fig, frame: pd.DataFrame | None, name: str) -> None:
     """HTML of the figure and CSV of its numbers (PNG: the camera icon on every chart)."""
     cols = st.columns(2)
-    cols[0].download_button("Figure (HTML)", fig.to_html(include_plotlyjs="cdn"),
-                            file_name=f"{name}.html", mime="text/html", key=f"html-{name}")
+    # The files are made when a button is clicked (a callable), not on every run of the page.
+    cols[0].download_button("Figure (HTML)", lambda: fig.to_html(include_plotlyjs="cdn"),
+                            file_name=f"{name}.html", mime="text/html", key=f"html-{name}",
+                            on_click="ignore")
     if frame is not None:
-        cols[1].download_button("Numbers (CSV)", frame.to_csv(index=False),
-                                file_name=f"{name}.csv", mime="text/csv", key=f"csv-{name}")
+        cols[1].download_button("Numbers (CSV)", lambda: frame.to_csv(index=False),
+                                file_name=f"{name}.csv", mime="text/csv", key=f"csv-{name}",
+                                on_click="ignore")
 
 
 def show(fig, frame: pd.DataFrame | None, name: str) -> None:

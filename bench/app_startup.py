@@ -42,15 +42,20 @@ TITLES = {"overview": "SD-LoRA Lab", "train": "Train", "accuracy": "Accuracy",
           "interpolation": "Interpolation", "theory": "Theory", "efficiency": "Efficiency"}
 MENU = {"overview": "Overview", **{k: v for k, v in TITLES.items() if k != "overview"}}
 
+# The titled menu's links (st.navigation at the top of the page; in the sidebar or as page links
+# in other layouts).
+LINK_SELECTOR = ('[data-testid="stTopNavLink"], [data-testid="stTopNav"] a, '
+                 '[data-testid="stPageLink"] a')
 # Installed before the app's scripts; on every DOM change (and every 50 ms) notes the first time
 # (ms after navigation start) each thing was seen.
 WATCH_JS = """(() => {
+  const LINKS = '%s';
   const seen = {menu: null, folderMenu: null, notFound: null, h1: {}, chart: null, idle: null,
                 running: null};
   const now = () => Math.round(performance.now());
   const look = () => {
     if (!document.body) return;
-    const links = Array.from(document.querySelectorAll('[data-testid="stPageLink"] a'),
+    const links = Array.from(document.querySelectorAll(LINKS),
                              e => e.innerText);
     if (seen.menu === null && links.length >= %d) seen.menu = now();
     if (seen.folderMenu === null && document.querySelector(
@@ -69,13 +74,14 @@ WATCH_JS = """(() => {
                                                 characterData: true, attributes: true});
   setInterval(look, 50);
   window.__seen = seen;
-})();""" % len(MENU)
+})();""" % (LINK_SELECTOR, len(MENU))
 
 # Clicks the menu's link to a page and measures, from the click, the ms until the new page's
 # title is drawn and until its run has ended (the title there, no element left stale from the
 # page before, no running icon).
 SWITCH_JS = """([link, title]) => new Promise(resolve => {
-  const a = Array.from(document.querySelectorAll('[data-testid="stPageLink"] a'))
+  const LINKS = '%s';
+  const a = Array.from(document.querySelectorAll(LINKS))
                  .find(e => e.innerText.trim().endsWith(link));
   const t0 = performance.now();
   a.click();
@@ -93,7 +99,7 @@ SWITCH_JS = """([link, title]) => new Promise(resolve => {
     }
   };
   const timer = setInterval(look, 10);
-})"""
+})""" % LINK_SELECTOR
 
 
 

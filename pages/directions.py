@@ -21,8 +21,8 @@ st.markdown(
 # After the first paint: these imports load torch (seconds on a fresh server).
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sdlora.analysis import (absorption_table, cached, figures, relative_distances, residual_series,  # noqa: E402
-                             residuals_at_task_end, task_specific_weights)
+from sdlora.analysis import (absorption_table, cached, figures, relative_distances,  # noqa: E402
+                             task_specific_weights)
 from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.methods.lora import has_part, methods_with  # noqa: E402
 
@@ -49,7 +49,7 @@ def body() -> None:
                 f"{ui.code_list(methods_with('directions'))}; pick one of their runs in the "
                 f"sidebar. The distances below hold for any run.")
         return
-    series = residual_series(run)
+    series = ui.cached_analysis("residual_series", run)
     if series.empty:
         st.info("No residuals in this run yet: they are logged from the second task on, every "
                 "`residual_every` steps.")
@@ -66,7 +66,7 @@ def body() -> None:
             st.info("This run's step logs have only the relative residual: the absolute one "
                     "(Algorithm 1 line 11) is logged by newer runs. Train this configuration "
                     "again to see it step by step; its end-of-task values are below.")
-    table = residuals_at_task_end(run)
+    table = ui.cached_analysis("residuals_at_task_end", run)
     if table.empty:
         return
     st.subheader("At the end of each task")
