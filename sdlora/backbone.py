@@ -14,12 +14,13 @@ from pathlib import Path
 import timm
 from timm.models.vision_transformer import VisionTransformer
 
-__all__ = ["BackboneSpec", "EMBEDDED", "EMBEDDED_WEIGHTS", "create_backbone", "BACKBONES",
-           "image_size"]
+__all__ = ["BackboneSpec", "EMBEDDED", "EMBEDDED_WEIGHTS", "GLYPH", "GLYPH_WEIGHTS",
+           "create_backbone", "BACKBONES", "image_size"]
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_WEIGHTS = Path(__file__).parent / "assets" / "embedded_vit_t6p4.safetensors"
+GLYPH_WEIGHTS = Path(__file__).parent / "assets" / "glyph_vit_t6p4.safetensors"
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,14 @@ EMBEDDED = BackboneSpec(
     weights=EMBEDDED_WEIGHTS,
 )
 
+# The default's foundation model: `embedded-vit` trained further on clean glyphs of the 80 classes
+# of `glyphs80` in other typefaces (`python -m sdlora pretrain`).
+# The same architecture as `embedded-vit`, whose weights it starts from.
+GLYPH = BackboneSpec(arch=EMBEDDED.arch, kwargs=dict(EMBEDDED.kwargs), weights=GLYPH_WEIGHTS)
+
 BACKBONES: dict[str, BackboneSpec] = {
-    "embedded-vit": EMBEDDED,
+    "glyph-vit": GLYPH,  # for glyphs80 (the default)
+    "embedded-vit": EMBEDDED,  # for renditions20
     # The paper's backbone: name the tag explicitly (the bare name resolved to other weights
     # across timm versions).
     "vit_base_patch16_224.augreg2_in21k_ft_in1k": BackboneSpec(

@@ -52,6 +52,11 @@ class Benchmark:
         `test`). The test images are not touched."""
         if not 0 < fraction < 1:
             raise DataError(f"val_fraction={fraction!r} is not valid; it must be in (0, 1)")
+        counts = np.bincount(self.train.labels.numpy(), minlength=self.num_classes)
+        if int(round(fraction * counts.min())) < 1:
+            raise DataError(f"val_fraction={fraction} leaves no validation image for a class "
+                            f"with {counts.min()} training images; give at least "
+                            f"{1 / counts.min():.3f}")
         is_val = torch.from_numpy(stratified_split(self.train.labels.numpy(), fraction, seed))
         return Benchmark(f"{self.name} (validation split)", self.train.subset(~is_val),
                          self.train.subset(is_val), self.class_names)

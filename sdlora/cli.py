@@ -265,9 +265,13 @@ def _cmd_presets(args) -> int:
 
 
 def _cmd_pretrain(args) -> int:
-    from .pretrain import pretrain
+    from .pretrain import pretrain, pretrain_glyphs
 
-    print(json.dumps(pretrain(epochs=args.epochs, seed=args.seed), indent=1))
+    if args.model == "glyph-vit":
+        result = pretrain_glyphs(steps=args.steps, seed=args.seed)
+    else:
+        result = pretrain(epochs=args.epochs, seed=args.seed)
+    print(json.dumps(result, indent=1))
     return 0
 
 
@@ -290,8 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("presets", help="the paper's experiments with their reported results")
     p = sub.add_parser("worker", help="run the queue of training jobs (the app starts it)")
     p.add_argument("--idle-exit", type=float, default=30.0)
-    p = sub.add_parser("pretrain", help="pretrain the embedded foundation model")
-    p.add_argument("--epochs", type=int, default=3)
+    p = sub.add_parser("pretrain", help="pretrain an embedded foundation model")
+    p.add_argument("--model", choices=["glyph-vit", "embedded-vit"], default="glyph-vit",
+                   help="glyph-vit: the default's (glyphs80); embedded-vit: renditions20's")
+    p.add_argument("--steps", type=int, default=150, help="glyph-vit: steps of batch 64")
+    p.add_argument("--epochs", type=int, default=3, help="embedded-vit: epochs")
     p.add_argument("--seed", type=int, default=0)
     from .analysis.cli import add_parser as add_analyse
     add_analyse(sub)

@@ -112,6 +112,9 @@ def test_every_preset_builds():
     for name, (settings, reported) in PRESETS.items():
         config = preset_config(name, method="sd-lora-kd", seed=1995)
         assert config.benchmark == settings["benchmark"] and config.tasks == settings["tasks"]
+        if name.startswith("glyphs80"):  # the embedded default's presets: no paper numbers
+            assert config.backbone == "glyph-vit" and not reported
+            continue
         assert config.backbone == "vit_base_patch16_224.augreg2_in21k_ft_in1k"
         assert config.lr == 0.008 and config.batch_size == 128 and "sd-lora" in reported
 
@@ -204,3 +207,87 @@ def test_baselines_train_through_a_preset_with_local_weights(tmp_path, method):
         q = slice(0, 192)
         assert torch.equal(model.backbone.blocks[0].attn.qkv.weight[q], saved[q])
         assert not torch.equal(model.backbone.blocks[0].attn.qkv.weight, saved)
+
+
+# --- the embedded default: glyphs80 (sdlora.glyphs) ---------------------------------------
+
+def test_glyphs80_classes_sizes_and_tasks():
+    from sdlora import glyphs
+    from sdlora.data import load_benchmark
+
+    bench = load_benchmark("glyphs80")
+    assert bench.num_classes == 80 == len(set(bench.class_names)) == len(glyphs.CLASSES)
+    assert len({c for c, _ in glyphs.CLASSES}) == 80  # 80 different characters
+    assert bench.train.images.shape == (80 * 30, 3, 28, 28)
+    assert bench.test.images.shape == (80 * 15, 3, 28, 28)
+    assert torch.bincount(bench.train.labels).tolist() == [30] * 80
+    assert torch.bincount(bench.test.labels).tolist() == [15] * 80
+    assert 0 <= float(bench.train.images.min()) and float(bench.train.images.max()) <= 1
+    for tasks, per_task in ((5, 16), (10, 8)):
+        split = make_task_split(bench.num_classes, tasks, 0)
+        assert split.classes_per_task == per_task
+        assert len(split.task_data(bench.test, tasks - 1)) == per_task * 15
+
+
+def test_glyphs80_generation_is_deterministic_and_seeded():
+    from sdlora import glyphs
+    from sdlora.data import _glyphs80
+
+    a, b = _glyphs80(per_class_train=3, per_class_test=2), _glyphs80(per_class_train=3,
+                                                                    per_class_test=2)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.images, b.test.images)
+    glyphs._atlas.cache_clear()  # drawn again from the font files: the same pixels
+    c = _glyphs80(per_class_train=3, per_class_test=2)
+    assert torch.equal(a.train.images, c.train.images)
+    other = _glyphs80(per_class_train=3, per_class_test=2, seed=1)
+    assert not torch.equal(a.train.images, other.train.images)
+    # train and test are different draws, not copies
+    assert not any(torch.equal(a.test.images[i], a.train.images[j])
+                   for i in range(0, len(a.test), 7) for j in range(len(a.train)))
+
+
+def test_glyph_typefaces_pretraining_and_renditions_are_disjoint():
+    from sdlora import glyphs
+
+    pre = glyphs.font_files(glyphs.PRETRAIN_FONTS)
+    ren = glyphs.font_files(glyphs.RENDITION_FONTS)
+    assert len(pre) >= 30 and len(ren) >= 30
+    assert not {p.stem for p in pre} & {p.stem for p in ren}
+    atlas = glyphs.glyph_atlas(ren)
+    assert atlas.shape == (len(ren), 80, 56, 56)
+    ink = atlas.sum(dim=(2, 3))
+    assert bool((ink > 20).all())  # every face draws every class (no empty glyph)
+    # no two classes are drawn identically in any face
+    flat = atlas.flatten(2)
+    for f in range(0, len(ren), 9):
+        d = torch.cdist(flat[f], flat[f]) + torch.eye(80) * 1e9
+        assert float(d.min()) > 1.0
+
+
+def test_glyph_styles_change_the_image_and_stay_in_range():
+    from sdlora import glyphs
+
+    atlas = glyphs.glyph_atlas(glyphs.font_files(glyphs.RENDITION_FONTS))
+    g = torch.Generator().manual_seed(0)
+    clean = glyphs.sample_views(atlas, torch.zeros(4, dtype=torch.long), torch.arange(4), g)
+    for k, name in enumerate(glyphs.STYLES):
+        out = glyphs.stylise(clean, torch.full((4,), k), g)
+        assert out.shape == clean.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+        assert float((out - clean).abs().mean()) > 0.01, name
+
+
+def test_missing_font_folder_names_the_package(tmp_path):
+    from sdlora import glyphs
+
+    with pytest.raises(glyphs.FontError, match="fonts-freefont-ttf"):
+        glyphs.font_files(glyphs.RENDITION_FONTS, root=tmp_path)
+
+
+def test_default_config_is_the_glyph_benchmark():
+    from sdlora.backbone import BACKBONES, image_size
+
+    config = TrainConfig()
+    assert config.benchmark == "glyphs80" and config.backbone == "glyph-vit"
+    assert BACKBONES["glyph-vit"].weights.exists() and image_size("glyph-vit") == 28
+    ten = preset_config("glyphs80-10")
+    assert (ten.benchmark, ten.tasks, ten.backbone) == ("glyphs80", 10, "glyph-vit")

@@ -1,0 +1,78 @@
+"""Probe a benchmark design: SimpleCIL, joint and SD-LoRA Acc side by side, seed by seed.
+
+Every row is a real run of the package's own method (`python -m sdlora train --method ...`):
+`simplecil` (frozen backbone, class-mean prototypes), `joint` (all classes as one task, the
+adapter given by --joint-adapter) and the incremental methods named by --methods. The figures
+issue 9 asks of a default are printed at the end: joint - simplecil and joint - SD-LoRA.
+
+    python scripts/probe_default.py --benchmark glyphs80 --backbone glyph-vit --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+from sdlora.config import TrainConfig
+from sdlora.runs import RunFolder
+from sdlora.train import load_data, train
+
+
+def run_acc(bench=None, **overrides) -> tuple[float, float]:
+    cfg = TrainConfig(**overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.time()
+        run = train(cfg, out=f"{tmp}/run", progress=False,
+                    benchmark=bench if bench is not None else load_data(cfg))
+        return RunFolder(run.path).metrics()["acc"], time.time() - start
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    return statistics.mean(values), se
+
+
+def main() -> None:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--benchmark", default=d.benchmark)
+    p.add_argument("--backbone", default=d.backbone)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--tasks", type=int, default=d.tasks)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--joint-adapter", default="sd-lora", choices=["lora", "sd-lora", "full-ft"])
+    p.add_argument("--methods", nargs="+", default=["simplecil", "joint", "sd-lora"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--bench-kwargs", default=None,
+                   help="JSON arguments of the benchmark's builder (a design being probed), "
+                        "e.g. '{\"classes\": 40}'")
+    args = p.parse_args()
+    bench = None
+    if args.bench_kwargs:
+        from sdlora.data import BENCHMARKS
+        bench = BENCHMARKS[args.benchmark](**json.loads(args.bench_kwargs))
+    common = dict(benchmark=args.benchmark, backbone=args.backbone, weights=args.weights,
+                  epochs=args.epochs, tasks=args.tasks, lr=args.lr)
+    rows: dict[str, list[float]] = {}
+    for seed in args.seeds:
+        for method in args.methods:
+            extra = dict(joint_adapter=args.joint_adapter) if method == "joint" else {}
+            acc, secs = run_acc(bench, method=method, seed=seed, **common, **extra)
+            rows.setdefault(method, []).append(acc)
+            print(json.dumps({"seed": seed, "method": method, "acc": round(acc, 2),
+                              "seconds": round(secs, 1)}), flush=True)
+    for name, values in rows.items():
+        m, se = mean_se(values)
+        print(f"{name:22s} Acc {m:6.2f} +- {se:.2f}  (n={len(values)})")
+    if "joint" in rows:
+        j = statistics.mean(rows["joint"])
+        for name in rows:
+            if name != "joint":
+                print(f"joint - {name:14s} {j - statistics.mean(rows[name]):+6.2f}")
+
+
+if __name__ == "__main__":
+    main()
