@@ -5,7 +5,7 @@ Every row is a real run of the package's own method (`python -m sdlora train --m
 adapter given by --joint-adapter) and the incremental methods named by --methods. The figures
 issue 9 asks of a default are printed at the end: joint - simplecil and joint - SD-LoRA.
 
-    python scripts/probe_default.py --benchmark glyphs80 --backbone glyph-vit --seeds 0 1 2
+    python scripts/probe_default.py --benchmark glyphs40 --backbone glyph-vit --seeds 0 1 2
 """
 from __future__ import annotations
 

@@ -40,14 +40,14 @@ EMBEDDED = BackboneSpec(
     weights=EMBEDDED_WEIGHTS,
 )
 
-# The default's foundation model: `embedded-vit` trained further on clean glyphs of the 80 classes
-# of `glyphs80` in other typefaces (`python -m sdlora pretrain`).
+# glyphs40's foundation model: `embedded-vit` trained further on clean glyphs of the 80 glyph
+# classes in other typefaces than glyphs40's (`python -m sdlora pretrain --model glyph-vit`).
 # The same architecture as `embedded-vit`, whose weights it starts from.
 GLYPH = BackboneSpec(arch=EMBEDDED.arch, kwargs=dict(EMBEDDED.kwargs), weights=GLYPH_WEIGHTS)
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "glyph-vit": GLYPH,  # for glyphs80 (the default)
-    "embedded-vit": EMBEDDED,  # for renditions20
+    "glyph-vit": GLYPH,  # for glyphs40
+    "embedded-vit": EMBEDDED,  # for renditions20 (the default)
     # The paper's backbone: name the tag explicitly (the bare name resolved to other weights
     # across timm versions).
     "vit_base_patch16_224.augreg2_in21k_ft_in1k": BackboneSpec(

@@ -295,9 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("worker", help="run the queue of training jobs (the app starts it)")
     p.add_argument("--idle-exit", type=float, default=30.0)
     p = sub.add_parser("pretrain", help="pretrain an embedded foundation model")
-    p.add_argument("--model", choices=["glyph-vit", "embedded-vit"], default="glyph-vit",
-                   help="glyph-vit: the default's (glyphs80); embedded-vit: renditions20's")
-    p.add_argument("--steps", type=int, default=150, help="glyph-vit: steps of batch 64")
+    p.add_argument("--model", choices=["embedded-vit", "glyph-vit"], default="embedded-vit",
+                   help="embedded-vit: the default's (renditions20); glyph-vit: glyphs40's")
+    p.add_argument("--steps", type=int, default=600, help="glyph-vit: steps of batch 64")
     p.add_argument("--epochs", type=int, default=3, help="embedded-vit: epochs")
     p.add_argument("--seed", type=int, default=0)
     from .analysis.cli import add_parser as add_analyse

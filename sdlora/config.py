@@ -110,13 +110,13 @@ SEED_MAX = 2**32 - 1  # numpy's RandomState range (the class order)
 class TrainConfig:
     """Everything that defines a run. Defaults are the embedded CPU benchmark."""
 
-    benchmark: str = "glyphs80"  # sdlora.data.benchmark_names(): embedded or the paper's
+    benchmark: str = "renditions20"  # sdlora.data.benchmark_names(): embedded or the paper's
     data_root: str | None = None  # folder of a file benchmark (default $SDLORA_DATA/<name>)
     class_order_seed: int | None = None  # seed of the class order (None: `seed`); released: 1993
     normalise_inputs: bool = True  # mean/std normalisation inside the model (released code: off)
     amp: str = "none"  # 'none' or 'bf16' (CUDA autocast)
     num_workers: int = 4  # DataLoader workers for file benchmarks
-    backbone: str = "glyph-vit"  # a name in sdlora.backbone.BACKBONES or a timm ViT tag
+    backbone: str = "embedded-vit"  # a name in sdlora.backbone.BACKBONES or a timm ViT tag
     weights: str | None = None  # local weights file for the backbone (None: the backbone's own)
     method: str = "sd-lora"  # a name in METHODS
     tasks: int = 5  # equal tasks; must divide the benchmark's classes

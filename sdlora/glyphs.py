@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CLASSES", "CLASS_NAMES", "FONT_PACKAGES", "PRETRAIN_FONTS", "RENDITION_FONTS",
+__all__ = ["CLASSES", "CLASS_NAMES", "class_subset", "FONT_PACKAGES", "PRETRAIN_FONTS", "RENDITION_FONTS",
            "STYLES", "font_files", "glyph_atlas", "sample_views", "stylise"]
 
 # (character, name). Order is the dataset label.
@@ -52,6 +52,13 @@ RENDITION_FONTS = (("truetype/freefont", "fonts-freefont-ttf"),
                    ("opentype/urw-base35", "fonts-urw-base35"))
 # Faces in those folders that are not alphabets (symbols, dingbats, maths).
 _EXCLUDED = ("D050000L", "StandardSymbolsPS", "DejaVuMathTeXGyre")
+
+def class_subset(k: int) -> torch.Tensor:
+    """Indices of `k` of the classes, spread evenly over `CLASSES` (every alphabet in it)."""
+    if not 1 <= k <= len(CLASSES):
+        raise ValueError(f"classes={k} is not valid; choose 1 to {len(CLASSES)}")
+    return torch.linspace(0, len(CLASSES) - 1, k).round().long()
+
 
 CANVAS = 56  # drawing size; samples are box-filtered to 28
 SIZE = 28

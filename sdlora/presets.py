@@ -53,9 +53,6 @@ PRESETS: dict[str, tuple[dict, dict[str, tuple[float, float]]]] = {
     "cub200-10": (dict(benchmark="cub200", tasks=10, epochs=20), {
         "sd-lora": (77.48, 85.59), "sd-lora-rr": (76.35, 83.89), "full-ft": (51.43, 69.74),
         "l2p": (65.18, 76.12), "inflora": (70.82, 81.39)}),
-    # The embedded default in 10 tasks of 8 classes (not one of the paper's; CPU-sized).
-    "glyphs80-10": (dict(benchmark="glyphs80", tasks=10, epochs=5, backbone="glyph-vit",
-                         batch_size=32, seed=0), {}),
 }
 
 

@@ -112,9 +112,6 @@ def test_every_preset_builds():
     for name, (settings, reported) in PRESETS.items():
         config = preset_config(name, method="sd-lora-kd", seed=1995)
         assert config.benchmark == settings["benchmark"] and config.tasks == settings["tasks"]
-        if name.startswith("glyphs80"):  # the embedded default's presets: no paper numbers
-            assert config.backbone == "glyph-vit" and not reported
-            continue
         assert config.backbone == "vit_base_patch16_224.augreg2_in21k_ft_in1k"
         assert config.lr == 0.008 and config.batch_size == 128 and "sd-lora" in reported
 
@@ -209,38 +206,45 @@ def test_baselines_train_through_a_preset_with_local_weights(tmp_path, method):
         assert not torch.equal(model.backbone.blocks[0].attn.qkv.weight, saved)
 
 
-# --- the embedded default: glyphs80 (sdlora.glyphs) ---------------------------------------
+# --- glyphs40 (sdlora.glyphs) --------------------------------------------------------------
 
-def test_glyphs80_classes_sizes_and_tasks():
+def test_glyphs40_classes_sizes_and_tasks():
     from sdlora import glyphs
     from sdlora.data import load_benchmark
 
-    bench = load_benchmark("glyphs80")
-    assert bench.num_classes == 80 == len(set(bench.class_names)) == len(glyphs.CLASSES)
-    assert len({c for c, _ in glyphs.CLASSES}) == 80  # 80 different characters
-    assert bench.train.images.shape == (80 * 30, 3, 28, 28)
-    assert bench.test.images.shape == (80 * 15, 3, 28, 28)
-    assert torch.bincount(bench.train.labels).tolist() == [30] * 80
-    assert torch.bincount(bench.test.labels).tolist() == [15] * 80
+    bench = load_benchmark("glyphs40")
+    assert bench.name == "glyphs40"
+    assert bench.num_classes == 40 == len(set(bench.class_names))
+    assert len({c for c, _ in glyphs.CLASSES}) == 80  # 80 different characters to choose from
+    kept = [glyphs.CLASS_NAMES[i] for i in glyphs.class_subset(40).tolist()]
+    assert bench.class_names == kept
+    assert {n.split()[0] for n in kept} == {"Latin", "digit", "Greek", "Cyrillic"}
+    assert bench.train.images.shape == (40 * 100, 3, 28, 28)
+    assert bench.test.images.shape == (40 * 25, 3, 28, 28)
+    assert torch.bincount(bench.train.labels).tolist() == [100] * 40
+    assert torch.bincount(bench.test.labels).tolist() == [25] * 40
     assert 0 <= float(bench.train.images.min()) and float(bench.train.images.max()) <= 1
-    for tasks, per_task in ((5, 16), (10, 8)):
-        split = make_task_split(bench.num_classes, tasks, 0)
-        assert split.classes_per_task == per_task
-        assert len(split.task_data(bench.test, tasks - 1)) == per_task * 15
+    split = make_task_split(bench.num_classes, 5, 0)
+    assert split.classes_per_task == 8
+    assert len(split.task_data(bench.test, 4)) == 8 * 25
+    with pytest.raises(ValueError, match="classes=81 is not valid"):
+        glyphs.class_subset(81)
 
 
-def test_glyphs80_generation_is_deterministic_and_seeded():
+def test_glyphs_generation_is_deterministic_and_seeded():
     from sdlora import glyphs
-    from sdlora.data import _glyphs80
+    from sdlora.data import _glyphs
 
-    a, b = _glyphs80(per_class_train=3, per_class_test=2), _glyphs80(per_class_train=3,
-                                                                    per_class_test=2)
+    small = dict(per_class_train=3, per_class_test=2)
+    a, b = _glyphs(**small), _glyphs(**small)
     assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.images, b.test.images)
     glyphs._atlas.cache_clear()  # drawn again from the font files: the same pixels
-    c = _glyphs80(per_class_train=3, per_class_test=2)
+    c = _glyphs(**small)
     assert torch.equal(a.train.images, c.train.images)
-    other = _glyphs80(per_class_train=3, per_class_test=2, seed=1)
+    other = _glyphs(**small, seed=1)
     assert not torch.equal(a.train.images, other.train.images)
+    one_style = _glyphs(**small, layers=1, styles=("outline",), classes=None)
+    assert one_style.num_classes == 80 and one_style.name == "glyphs80"
     # train and test are different draws, not copies
     assert not any(torch.equal(a.test.images[i], a.train.images[j])
                    for i in range(0, len(a.test), 7) for j in range(len(a.train)))
@@ -283,11 +287,11 @@ def test_missing_font_folder_names_the_package(tmp_path):
         glyphs.font_files(glyphs.RENDITION_FONTS, root=tmp_path)
 
 
-def test_default_config_is_the_glyph_benchmark():
-    from sdlora.backbone import BACKBONES, image_size
+def test_glyph_vit_ships_and_loads():
+    from sdlora.backbone import BACKBONES, create_backbone, image_size
 
-    config = TrainConfig()
-    assert config.benchmark == "glyphs80" and config.backbone == "glyph-vit"
     assert BACKBONES["glyph-vit"].weights.exists() and image_size("glyph-vit") == 28
-    ten = preset_config("glyphs80-10")
-    assert (ten.benchmark, ten.tasks, ten.backbone) == ("glyphs80", 10, "glyph-vit")
+    model, _ = create_backbone("glyph-vit")
+    embedded, _ = create_backbone("embedded-vit")  # glyph-vit is embedded-vit trained further
+    assert not torch.equal(model.blocks[0].attn.qkv.weight, embedded.blocks[0].attn.qkv.weight)
+    assert TrainConfig().benchmark == "renditions20"  # glyphs40 is not the default (issue 9)

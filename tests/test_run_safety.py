@@ -315,6 +315,8 @@ def test_backbone_names_are_checked_against_timm():
 def test_pretrain_refuses_zero_epochs(capsys):
     code, _, err = main(capsys, "pretrain", "--epochs", "0")
     assert code == 2 and "pretrain --epochs 0 is not valid; it must be a positive integer" in err
+    code, _, err = main(capsys, "pretrain", "--model", "glyph-vit", "--steps", "0")
+    assert code == 2 and "pretrain --steps 0 is not valid; it must be a positive integer" in err
 
 
 def test_analyse_refuses_bad_arguments(run_copy, capsys, tmp_path):
