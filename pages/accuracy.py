@@ -47,6 +47,9 @@ def body() -> None:
 
     st.subheader("Compare runs")
     default = [p for p in paths if RunFolder(p).metrics(required=False)][:4]
+    joints = [p for p in paths if p not in default
+              and (RunFolder(p).metrics(required=False) or {}).get("method") == "joint"]
+    default += joints[:1]  # the upper bound, drawn as a dashed level, when there is one
     chosen = st.multiselect("Runs to overlay", paths, default=default, format_func=ui.label,
                             key=ui.COMPARE_RUNS)
     if not chosen:

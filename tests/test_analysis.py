@@ -176,6 +176,13 @@ def test_every_figure_builder_returns_expected_traces(tiny_runs):
     assert len(figures.forgetting_curves(m["accuracy_matrix"]).data) == 3
     curves = figures.accuracy_curves([dict(label="a", method="sd-lora", metrics=m)])
     assert len(curves.data) == 2  # the curve and its AAA level
+    joint = dict(m, method="joint", acc=88.0, seen_accuracy=[88.0],
+                 config=dict(m.get("config") or {}, joint_adapter="lora"))
+    both = figures.accuracy_curves([dict(label="a", method="sd-lora", metrics=m),
+                                    dict(label="j", method="joint", metrics=joint)])
+    level = both.data[-1]  # the joint run: one dashed level across every task, at its Acc
+    assert len(both.data) == 3 and level.line.dash == "dash" and "lora adapter" in level.name
+    assert list(level.x) == [1, 3] and list(level.y) == [88.0, 88.0]
     assert len(figures.magnitude_figure(magnitude_series(runs["sd-lora"])).data) == 3
     assert len(figures.residual_figure(residual_series(runs["sd-lora"])).data) == 2
     assert isinstance(figures.residual_bars(residuals_at_task_end(runs["sd-lora"])).data[0],

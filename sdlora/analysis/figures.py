@@ -63,10 +63,22 @@ def accuracy_curves(runs: list[dict]) -> go.Figure:
     """Seen accuracy after each task, one line per run (dicts: label, method, metrics), with
     the run's Acc (last point) and AAA (dotted level) marked."""
     fig = go.Figure()
+    span = max([len(r["metrics"]["seen_accuracy"]) for r in runs
+                if r["metrics"]["method"] != "joint"] or [1])
     for r in runs:
         m = r["metrics"]
         seen = m["seen_accuracy"]
         colour = method_colour(m["method"])
+        if m["method"] == "joint":
+            # The upper bound learns every class at once (one task): a level across the plot,
+            # the accuracy that the incremental runs would reach without forgetting or bias.
+            adapter = (m.get("config") or {}).get("joint_adapter", "")
+            fig.add_trace(go.Scatter(
+                x=[1, max(span, 2)], y=[m["acc"]] * 2, mode="lines", line=dict(color=colour,
+                dash="dash", width=3), name=f"{r['label']} (joint upper bound"
+                + (f", {adapter} adapter)" if adapter else ")"),
+                hovertemplate=f"joint upper bound {m['acc']:.1f}%<extra>{r['label']}</extra>"))
+            continue
         fig.add_trace(go.Scatter(
             x=list(range(1, len(seen) + 1)), y=seen, mode="lines+markers", name=r["label"],
             line=dict(color=colour),
@@ -77,7 +89,8 @@ def accuracy_curves(runs: list[dict]) -> go.Figure:
             line=dict(color=colour, dash="dot"), name=f"{r['label']} AAA",
             hovertemplate=f"AAA {m['aaa']:.1f}%<extra>{r['label']}</extra>"))
     return _layout(fig, "Accuracy on all seen classes after each task (dotted: AAA; last "
-                        "point: Acc)", "after task", "accuracy (%)", yaxis_range=[0, 100])
+                        "point: Acc; dashed: a joint run, all classes at once)", "after task",
+                   "accuracy (%)", yaxis_range=[0, 100])
 
 
 def forgetting_curves(matrix: list[list[float]], title: str = "Per-task accuracy") -> go.Figure:
