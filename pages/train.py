@@ -32,9 +32,12 @@ with st.form("train"):
     benchmark = c1.selectbox("Benchmark", names, index=names.index("renditions20"))
     data_root = c1.text_input("Data folder (the paper's benchmarks)", value="",
                               help="Not needed for the embedded benchmarks.")
-    backbone = c1.selectbox("Backbone", list(BACKBONES), index=0,
-                            help="The embedded ViT ships with the repo; ViT-B/16 needs its "
-                                 "weights (hub or local file) and a GPU.")
+    # Each embedded benchmark with the foundation model made for it (changeable).
+    suggested = "glyph-vit" if benchmark.startswith("glyphs") else "embedded-vit"
+    backbone = c1.selectbox("Backbone", list(BACKBONES), index=list(BACKBONES).index(suggested),
+                            help="embedded-vit (renditions20's) and glyph-vit (glyphs40's) ship "
+                                 "with the repo; ViT-B/16 needs its weights (hub or local file) "
+                                 "and a GPU.")
     chosen = c1.multiselect("Method(s)", list(METHODS), default=["sd-lora"],
                             help="\n".join(f"{k}: {v}" for k, v in METHODS.items()))
     tasks = c2.number_input("Tasks", value=5, step=1)

@@ -46,8 +46,8 @@ EMBEDDED = BackboneSpec(
 GLYPH = BackboneSpec(arch=EMBEDDED.arch, kwargs=dict(EMBEDDED.kwargs), weights=GLYPH_WEIGHTS)
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "glyph-vit": GLYPH,  # for glyphs40
     "embedded-vit": EMBEDDED,  # for renditions20 (the default)
+    "glyph-vit": GLYPH,  # for glyphs40
     # The paper's backbone: name the tag explicitly (the bare name resolved to other weights
     # across timm versions).
     "vit_base_patch16_224.augreg2_in21k_ft_in1k": BackboneSpec(
