@@ -12,12 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-from sdlora.config import TrainConfig
-from sdlora.runs import RunFolder
-from sdlora.train import load_data, train
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sdlora.config import TrainConfig  # noqa: E402
+from sdlora.runs import RunFolder  # noqa: E402
+from sdlora.train import load_data, train  # noqa: E402
 
 
 def run_acc(bench=None, **overrides) -> tuple[float, float]:
