@@ -328,37 +328,29 @@ def interpolate(run: RunFolder | str | Path, task: int, points: int = INTERPOLAT
     k = split.classes_per_task
     new = slice((task - 1) * k, task * k)
     data = [split.task_data(benchmark.test, j) for j in range(task)]
+    sizes = [len(d) for d in data]
     R = run.metrics()["accuracy_matrix"] if measured_ends else None
     rows = []
     for i, lam in enumerate(np.linspace(0.0, 1.0, points)):
-        if R is not None and lam in (0.0, 1.0):
+        if R is not None and lam in (0.0, 1.0):  # a checkpoint: its accuracies as measured
             accs = list(R[task - 2][:task - 1]) + [0.0] if lam == 0 else list(R[task - 1][:task])
-            sizes = [len(d) for d in data]
-            row = {"lambda": float(lam), **{f"task {j + 1}": a for j, a in enumerate(accs)}}
-            row["old"] = sum(a * n for a, n in zip(accs[:-1], sizes)) / sum(sizes[:-1])
-            row["new"] = row[f"task {task}"]
-            rows.append(row)
-            if progress is not None:
-                progress((i + 1) / points)
-            continue
-        model.model.load_state_dict({n: (1 - lam) * start[n] + lam * end[n] for n in start},
-                                    strict=False)  # the head stays the later checkpoint's
-        row = {"lambda": float(lam)}
-        correct = []
-        for j, subset in enumerate(data):
-            hits = 0
-            # At lambda = 0 task t's classes are excluded (-inf): none of its images can be
-            # right, so its accuracy is 0 by construction and its images are not evaluated.
-            if lam > 0 or j < task - 1:
-                for x, y in batches(subset, 512, torch.device(device)):
-                    logits = model(x)
-                    logits[:, new] += math.log(lam) if lam > 0 else -math.inf
-                    hits += (logits.argmax(1) == y).sum().item()
-            correct.append((hits, len(subset)))
-            row[f"task {j + 1}"] = 100.0 * hits / len(subset)
-        old_hits = sum(h for h, _ in correct[:-1])
-        row["old"] = 100.0 * old_hits / sum(n for _, n in correct[:-1])
-        row["new"] = row[f"task {task}"]
+        else:
+            model.model.load_state_dict({n: (1 - lam) * start[n] + lam * end[n] for n in start},
+                                        strict=False)  # the head stays the later checkpoint's
+            accs = []
+            for j, subset in enumerate(data):
+                hits = 0
+                # At lambda = 0 task t's classes are excluded (-inf): none of its images can
+                # be right, so its accuracy is 0 by construction and they are not evaluated.
+                if lam > 0 or j < task - 1:
+                    for x, y in batches(subset, 512, torch.device(device)):
+                        logits = model(x)
+                        logits[:, new] += math.log(lam) if lam > 0 else -math.inf
+                        hits += (logits.argmax(1) == y).sum().item()
+                accs.append(100.0 * hits / len(subset))
+        row = {"lambda": float(lam), **{f"task {j + 1}": a for j, a in enumerate(accs)}}
+        row["old"] = sum(a * n for a, n in zip(accs[:-1], sizes)) / sum(sizes[:-1])
+        row["new"] = accs[-1]
         rows.append(row)
         if progress is not None:
             progress((i + 1) / points)
