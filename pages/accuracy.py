@@ -46,10 +46,10 @@ def body() -> None:
                 None, "per_task_accuracy")
 
     st.subheader("Compare runs")
-    default = [p for p in paths if RunFolder(p).metrics(required=False)][:4]
-    joints = [p for p in paths if p not in default
-              and (RunFolder(p).metrics(required=False) or {}).get("method") == "joint"]
-    default += joints[:1]  # the upper bound, drawn as a dashed level, when there is one
+    finished = {p: m for p in paths if (m := RunFolder(p).metrics(required=False))}
+    default = list(finished)[:4]
+    # ... and the upper bound, drawn as a dashed level, when there is one
+    default += [p for p, m in finished.items() if m["method"] == "joint" and p not in default][:1]
     chosen = st.multiselect("Runs to overlay", paths, default=default, format_func=ui.label,
                             key=ui.COMPARE_RUNS)
     if not chosen:
