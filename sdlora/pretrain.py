@@ -49,14 +49,12 @@ def _accuracy(model, head, images, labels, mean, std) -> float:
     return 100.0 * correct / len(labels)
 
 
-def pretrain(epochs: int = 3, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
-             out: Path = EMBEDDED_WEIGHTS) -> dict:
-    """Train the embedded ViT and save it; returns held-out accuracies (percent)."""
-    import timm
-
+def _check_settings(lr: float, seed: int, **counts: int) -> None:
+    """ConfigError naming the first bad setting: counts (epochs, steps, batch size) positive
+    integers, lr a positive finite number, seed in the class-order seed's range."""
     from .config import SEED_MAX, ConfigError
 
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+    for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"pretrain --{name.replace('_', '-')} {value} is not valid; it "
                               f"must be a positive integer")
@@ -66,6 +64,13 @@ def pretrain(epochs: int = 3, batch_size: int = 128, lr: float = 1e-3, seed: int
         raise ConfigError(f"pretrain --seed {seed} is not valid; it must be an integer from 0 "
                           f"to {SEED_MAX}")
 
+
+def pretrain(epochs: int = 3, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
+             out: Path = EMBEDDED_WEIGHTS) -> dict:
+    """Train the embedded ViT and save it; returns held-out accuracies (percent)."""
+    import timm
+
+    _check_settings(lr, seed, epochs=epochs, batch_size=batch_size)
     torch.manual_seed(seed)
     data = load_pretraining_images()
     model = timm.create_model(EMBEDDED.arch, pretrained=False, num_classes=0, **EMBEDDED.kwargs)
@@ -124,23 +129,16 @@ def _glyph_batches(atlas, n: int, generator: torch.Generator) -> tuple[torch.Ten
 
 def pretrain_glyphs(steps: int = 600, batch_size: int = 64, lr: float = 5e-4, seed: int = 0,
                     out: Path | None = None) -> dict:
-    """Pretrain the default's foundation model (`glyph-vit`): `embedded-vit` trained further,
-    80-way supervised, on
-    clean glyphs of the pretraining typefaces (`sdlora.glyphs.PRETRAIN_FONTS`), a fresh random
-    affine view every step. Never a rendition typeface or style. Saves the weights without the
-    head; returns accuracies (percent) of the pretraining head on held-out views."""
-    import timm
-
+    """Pretrain glyphs40's foundation model (`glyph-vit`): `embedded-vit` trained further,
+    80-way supervised, on clean glyphs of the pretraining typefaces
+    (`sdlora.glyphs.PRETRAIN_FONTS`), a fresh random affine view every step. Never a rendition
+    typeface or style. Saves the weights without the head; returns accuracies (percent) of the
+    pretraining head on held-out views and on glyphs40's test renditions."""
     from . import glyphs
     from .backbone import GLYPH, GLYPH_WEIGHTS
     from .data import load_benchmark
 
-    from .config import ConfigError
-
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"pretrain --{name.replace('_', '-')} {value} is not valid; it "
-                              f"must be a positive integer")
+    _check_settings(lr, seed, steps=steps, batch_size=batch_size)
     out = Path(out) if out is not None else GLYPH_WEIGHTS
     torch.manual_seed(seed)
     atlas = glyphs.glyph_atlas(glyphs.font_files(glyphs.PRETRAIN_FONTS))
