@@ -40,21 +40,26 @@ def _charts(at: AppTest) -> int:
     return len(at.get("plotly_chart"))
 
 
+def _small_run(cache, method: str, name: str, bench):
+    """A finished 2-task, 1-epoch digits run of `method` in the cache's runs folder."""
+    cfg = TrainConfig(method=method, benchmark="digits", tasks=2, epochs=1, batch_size=12)
+    return train(cfg, out=cache / "runs" / name, progress=False, benchmark=bench)
+
+
 @pytest.fixture(scope="module")
 def demo_cache(tmp_path_factory):
     """Two finished runs (lora, sd-lora) and one in progress, like the shipped demo runs."""
+    from sdlora.analysis.core import INTERPOLATION_POINTS
     from tests.conftest import small_benchmark
 
     cache = tmp_path_factory.mktemp("cache")
     bench = small_benchmark(classes=4)
+    points = INTERPOLATION_POINTS  # the Interpolation page's default reads this from the cache
     for method in ("lora", "sd-lora"):
-        cfg = TrainConfig(method=method, benchmark="digits", tasks=2, epochs=1, batch_size=12)
-        run = train(cfg, out=cache / "runs" / f"demo-{method}", progress=False, benchmark=bench)
-        cached(run, "interpolation_task2_11",
-               lambda run=run: interpolate(run, 2, 11, benchmark=bench).to_dict("records"))
-    cfg = TrainConfig(method="sd-lora", benchmark="digits", tasks=2, epochs=1, batch_size=12)
-    partial = train(cfg, out=cache / "runs" / "in-progress", progress=False,
-                    benchmark=small_benchmark(classes=2, seed=1))
+        run = _small_run(cache, method, f"demo-{method}", bench)
+        cached(run, f"interpolation_task2_{points}",
+               lambda run=run: interpolate(run, 2, points, benchmark=bench).to_dict("records"))
+    partial = _small_run(cache, "sd-lora", "in-progress", small_benchmark(classes=2, seed=1))
     atomic_write_json(partial.status_path, dict(state="running", updated=time.time(), task=1,
                                                 tasks=2, global_step=3, total_steps=6))
     metrics = json.loads(partial.metrics_path.read_text())
@@ -185,8 +190,7 @@ def baseline_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("baselines")
     bench = small_benchmark(classes=4)
     for method in ("l2p", "simplecil"):
-        cfg = TrainConfig(method=method, benchmark="digits", tasks=2, epochs=1, batch_size=12)
-        train(cfg, out=cache / "runs" / f"run-{method}", progress=False, benchmark=bench)
+        _small_run(cache, method, f"run-{method}", bench)
     return cache
 
 
