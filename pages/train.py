@@ -16,12 +16,14 @@ st.markdown(
 # After the first paint: these imports load torch (seconds on a fresh server).
 from sdlora import jobs  # noqa: E402
 from sdlora.backbone import BACKBONES  # noqa: E402
-from sdlora.config import METHODS, ConfigError, TrainConfig  # noqa: E402
+from sdlora.config import (BENCHMARK_BACKBONES, DEFAULT_BACKBONE, METHODS,  # noqa: E402
+                           ConfigError, TrainConfig)
 from sdlora.data import DataError, benchmark_names  # noqa: E402
 from sdlora.presets import PRESETS, preset_config  # noqa: E402
 from sdlora.train import load_data, split_for  # noqa: E402
 
 cuda = ui.cuda_device() is not None
+default = TrainConfig()
 with st.form("train"):
     preset = st.selectbox("Preset", ["(none: the settings below)"] + list(PRESETS),
                           help="One of the paper's experiments (ViT-B/16, its data set, epochs, "
@@ -29,21 +31,25 @@ with st.form("train"):
                                "data folder below are used.")
     c1, c2, c3 = st.columns(3)
     names = benchmark_names()
-    benchmark = c1.selectbox("Benchmark", names, index=names.index("renditions20"))
+    benchmark = c1.selectbox("Benchmark", names, index=names.index(default.benchmark),
+                             help="glyphs40 (the default): glyph classes in typefaces and styles "
+                                  "its foundation model never saw, where adapting the backbone "
+                                  "pays. renditions20: Fashion-MNIST and digit renditions, where "
+                                  "the frozen features already suffice.")
     data_root = c1.text_input("Data folder (the paper's benchmarks)", value="",
                               help="Not needed for the embedded benchmarks.")
     # Each embedded benchmark with the foundation model made for it (changeable).
-    suggested = "glyph-vit" if benchmark.startswith("glyphs") else "embedded-vit"
+    suggested = BENCHMARK_BACKBONES.get(benchmark, DEFAULT_BACKBONE)
     backbone = c1.selectbox("Backbone", list(BACKBONES), index=list(BACKBONES).index(suggested),
                             help="embedded-vit (renditions20's) and glyph-vit (glyphs40's) ship "
                                  "with the repo; ViT-B/16 needs its weights (hub or local file) "
                                  "and a GPU.")
     chosen = c1.multiselect("Method(s)", list(METHODS), default=["sd-lora"],
                             help="\n".join(f"{k}: {v}" for k, v in METHODS.items()))
-    tasks = c2.number_input("Tasks", value=5, step=1)
-    epochs = c2.number_input("Epochs per task", value=5, step=1)
-    lr = c2.number_input("Learning rate", value=0.008, format="%.4f", step=0.001)
-    rank = c3.number_input("Rank r", value=10, step=1)
+    tasks = c2.number_input("Tasks", value=default.tasks, step=1)
+    epochs = c2.number_input("Epochs per task", value=default.epochs, step=1)
+    lr = c2.number_input("Learning rate", value=default.lr, format="%.4f", step=0.001)
+    rank = c3.number_input("Rank r", value=default.rank, step=1)
     seed = c3.number_input("Seed", value=0, step=1)
     device = c3.selectbox("Device", ["cuda", "cpu"] if cuda else ["cpu"],
                           help="CUDA when a GPU is present, else the CPU.")

@@ -1,17 +1,29 @@
-"""Regenerate the README's results table: every method on the embedded default, 3 seeds.
+"""Regenerate the README's results table: every method on an embedded benchmark, seeds 0-4.
 
-    python scripts/results_table.py [--seeds 0 1 2] [--methods ...] [--root cache/benchmark]
-        [--variant-released] [--kd-absolute]
+    python scripts/results_table.py [--benchmark glyphs40] [--seeds 0 1 2 3 4] [--methods ...]
+        [--tuned results/tuned_lr.json] [--root cache/benchmark/<benchmark>] [--shard 0/2]
+        [--variant-released] [--kd-absolute] [--json results/table_<benchmark>.json]
+
+Each method trains at the learning rate that `scripts/tune_lr.py` chose for it on a validation
+split of the training data (the file given by --tuned; the test split never chooses anything).
+SD-LoRA's ablations and variants use SD-LoRA's chosen rate (they change one part of SD-LoRA and
+keep its settings, as the paper's Table 4 does); a method without a tuned rate runs at the
+config's default and its row says "not tuned".
 
 Runs that already finished under --root are reused (delete the folder to recompute); an
-interrupted run is resumed. Prints a markdown table of Acc and AAA, mean +- standard error over
-seeds, plus forgetting.
+interrupted run is resumed. `--shard i/n` trains only every n-th job (start one process per
+shard side by side; each run folder is claimed, so shards never share one), `--no-train` only
+reads finished runs. Prints a markdown table of Acc, AAA and forgetting, mean +- standard error
+over seeds, and per method a paired t-test against SD-LoRA over the seeds (the same seed gives
+both the same class order): the difference in Acc, its p-value and what it says at 0.05.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,70 +31,192 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdlora.config import METHODS, TrainConfig  # noqa: E402
-from sdlora.runs import RunFolder  # noqa: E402
+from sdlora.runs import RunFolder, atomic_write_json  # noqa: E402
 from sdlora.train import train  # noqa: E402
+from sdlora.tuning import load_tuned, tuned_lr  # noqa: E402
 
-ORDER = ["frozen", "full-ft", "lora", "sd-lora", "sd-lora-rr", "sd-lora-kd",
-         "fixed-first-direction", "single-decoupled", "no-rescale", "frozen-magnitudes"]
-# Extra rows: full fine-tuning at the shared lr 0.008 wrecks the backbone, so it is also
-# reported at a learning rate suited to updating every weight (stated in its row).
-EXTRA = [("full-ft", dict(lr=1e-4), "full-ft (lr 1e-4)"),
-         # Table 4 row 3 puts every earlier direction back with coefficient 1; with the paper's
-         # start alpha_t = 1 (instead of this project's 0) that is close to what alpha_t learned.
-         ("no-rescale", dict(new_magnitude_init=1.0),
+REPO = Path(__file__).resolve().parent.parent
+ORDER = ["simplecil", "frozen", "full-ft", "lora", "sd-lora", "sd-lora-rr", "sd-lora-kd",
+         "fixed-first-direction", "single-decoupled", "no-rescale", "frozen-magnitudes",
+         "inflora", "l2p", "dualprompt", "coda-prompt", "hide-prompt", "joint"]
+ORDER = [m for m in ORDER if m in METHODS] + [m for m in METHODS if m not in ORDER]
+# Methods that change one part of SD-LoRA: they run at SD-LoRA's chosen learning rate.
+SD_LORA_FAMILY = {"sd-lora-rr", "sd-lora-kd", "fixed-first-direction", "single-decoupled",
+                  "no-rescale", "frozen-magnitudes"}
+REFERENCE = "sd-lora"
+# Extra rows: Table 4 row 3 puts every earlier direction back with coefficient 1; with the
+# paper's start alpha_t = 1 (instead of this project's 0) that is close to what alpha_t learned.
+EXTRA = [("no-rescale", dict(new_magnitude_init=1.0),
           "no-rescale, alpha_t starting at 1 (the paper's initialisation)")]
 
 
-def mean_se(values: list[float]) -> str:
+def mean_se(values: list[float]) -> tuple[float, float]:
     v = np.asarray(values, dtype=float)
-    se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
-    return f"{v.mean():.1f} ± {se:.1f}"
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def fmt(values: list[float]) -> str:
+    m, se = mean_se(values)
+    return f"{m:.1f} ± {se:.1f}"
+
+
+def paired_test(a: list[float], b: list[float]) -> dict:
+    """Paired t-test of a - b over seeds: mean difference, p-value, and the verdict at 0.05."""
+    from scipy import stats
+
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(diff) < 2:
+        return dict(diff=float(diff.mean()), p=float("nan"), verdict="one seed: no test")
+    if np.allclose(diff, diff[0]):  # constant difference: the t statistic is undefined
+        p = 0.0 if diff[0] != 0 else 1.0
+    else:
+        p = float(stats.ttest_rel(a, b).pvalue)
+    verdict = ("no significant difference" if p >= 0.05
+               else "higher" if diff.mean() > 0 else "lower")
+    return dict(diff=float(diff.mean()), p=p, verdict=verdict)
+
+
+def build_jobs(args, tuned: dict) -> list[dict]:
+    """One dict per table row: label, method, overrides, the lr and where it came from."""
+    base = TrainConfig(benchmark=args.benchmark)
+
+    def lr_of(config: TrainConfig) -> tuple[float, str]:
+        own = tuned_lr(tuned, config)
+        if own is not None:
+            return own, "tuned"
+        if config.method in SD_LORA_FAMILY:
+            ref = tuned_lr(tuned, replace(config, method=REFERENCE, variant="paper"))
+            if ref is not None:
+                return ref, "sd-lora's"
+        if config.method == "sd-lora" and config.variant != "paper":
+            ref = tuned_lr(tuned, replace(config, variant="paper"))
+            if ref is not None:
+                return ref, "sd-lora's"
+        return config.lr, "not tuned"
+
+    specs = []
+    for method in args.methods:
+        if method == "joint":
+            for adapter in args.joint_adapters:
+                specs.append((method, dict(joint_adapter=adapter), f"joint ({adapter} adapter)"))
+        else:
+            specs.append((method, {}, method))
+    if args.variant_released:
+        specs.append(("sd-lora", dict(variant="released"), "sd-lora (released code's variant)"))
+    if args.kd_absolute:
+        specs.append(("sd-lora-kd", dict(kd_residual="absolute"),
+                      "sd-lora-kd (absolute residual, Algorithm 1 line 11)"))
+    specs += [e for e in EXTRA if e[0] in args.methods]
+    jobs = []
+    for method, overrides, label in specs:
+        config = replace(base, method=method, **overrides)
+        lr, source = lr_of(config)
+        suffix = "".join(f"-{v}" if k in ("variant", "kd_residual", "joint_adapter")
+                         else f"-{k}{v}" for k, v in overrides.items())
+        jobs.append(dict(label=label, method=method, overrides=overrides, lr=lr,
+                         lr_source=source, name=f"{method}{suffix}-lr{lr:g}"))
+    return jobs
+
+
+def run_seed(root: Path, job: dict, seed: int, benchmark: str, may_train: bool) -> dict | None:
+    run = RunFolder(root / f"{job['name']}-s{seed}")
+    config = TrainConfig(benchmark=benchmark, method=job["method"], seed=seed, lr=job["lr"],
+                         **job["overrides"])
+    tasks = 1 if config.method == "joint" else config.tasks
+    if may_train:
+        if not run.exists():
+            train(config, out=run.path, progress=False)
+        elif run.completed_tasks() < tasks:
+            train(resume=run.path, progress=False)
+    if not run.exists() or run.completed_tasks() < tasks:
+        return None
+    return run.metrics()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--benchmark", default=TrainConfig().benchmark)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=ORDER, choices=list(METHODS))
-    parser.add_argument("--root", default="cache/benchmark")
+    parser.add_argument("--joint-adapters", nargs="+", default=["sd-lora"],
+                        choices=["lora", "sd-lora", "full-ft"])
+    parser.add_argument("--tuned", default=str(REPO / "results" / "tuned_lr.json"),
+                        help="learning rates chosen on validation (scripts/tune_lr.py)")
+    parser.add_argument("--root", default=None,
+                        help="run folders (default cache/benchmark/<benchmark>)")
+    parser.add_argument("--shard", default="0/1",
+                        help="i/n: train only the jobs i, i+n, i+2n ... (others are read)")
+    parser.add_argument("--no-train", action="store_true", help="only read finished runs")
+    parser.add_argument("--json", default=None,
+                        help="also write the table here (default results/table_<benchmark>.json "
+                             "when every run is finished)")
     parser.add_argument("--variant-released", action="store_true",
                         help="also run sd-lora with variant='released'")
     parser.add_argument("--kd-absolute", action="store_true",
                         help="also run sd-lora-kd with kd_residual='absolute' (Algorithm 1 "
                              "line 11 as written)")
     args = parser.parse_args()
+    try:
+        shard, shards = (int(x) for x in args.shard.split("/"))
+        assert 0 <= shard < shards
+    except (ValueError, AssertionError):
+        parser.error(f"--shard {args.shard!r} is not valid; give i/n with 0 <= i < n, e.g. 0/2")
     logging.basicConfig(level=logging.WARNING)
-    root = Path(args.root)
-    jobs = [(m, {}, m) for m in args.methods]
-    if args.variant_released:
-        jobs.append(("sd-lora", dict(variant="released"), "sd-lora (released code's variant)"))
-    if args.kd_absolute:
-        jobs.append(("sd-lora-kd", dict(kd_residual="absolute"),
-                     "sd-lora-kd (absolute residual, Algorithm 1 line 11)"))
-    jobs += [e for e in EXTRA if e[0] in args.methods]
+    root = Path(args.root or REPO / "cache" / "benchmark" / args.benchmark)
+    tuned = load_tuned(args.tuned)
+    jobs = build_jobs(args, tuned)
+    results: dict[str, list[dict]] = {}
+    missing = []
+    index = 0
+    for seed in args.seeds:  # seed-major: every method has seed 0 before any has seed 1
+        for job in jobs:
+            mine = index % shards == shard and not args.no_train
+            index += 1
+            m = run_seed(root, job, seed, args.benchmark, mine)
+            if m is None:
+                missing.append(f"{job['name']}-s{seed}")
+                continue
+            results.setdefault(job["label"], []).append(dict(seed=seed, **m))
+            print(f"{job['name']}-s{seed}: Acc {m['acc']:.1f} AAA {m['aaa']:.1f}",
+                  file=sys.stderr)
+    if missing:
+        print(f"{len(missing)} runs not finished (other shards, or --no-train): "
+              f"{', '.join(missing)}", file=sys.stderr)
+    ref_label = next((j["label"] for j in jobs if j["method"] == REFERENCE
+                      and not j["overrides"]), None)
+    ref = {r["seed"]: r["acc"] for r in results.get(ref_label, [])}
     rows = []
-    for method, overrides, label in jobs:
-        results = []
-        for seed in args.seeds:
-            suffix = "".join(f"-{v}" if k in ("variant", "kd_residual") else f"-{k}{v}"
-                             for k, v in overrides.items())
-            name = f"{method}{suffix}-s{seed}"
-            run = RunFolder(root / name)
-            config = TrainConfig(method=method, seed=seed, **overrides)
-            if not run.exists():
-                train(config, out=run.path, progress=False)
-            elif run.completed_tasks() < config.tasks:
-                train(resume=run.path, progress=False)
-            results.append(run.metrics())
-            m = results[-1]
-            print(f"{name}: Acc {m['acc']:.1f} AAA {m['aaa']:.1f}", file=sys.stderr)
-        rows.append((label, [r["acc"] for r in results], [r["aaa"] for r in results],
-                     [r["forgetting"] for r in results]))
-    print(f"| method | Acc | AAA | forgetting |\n|---|---|---|---|")
-    for label, acc, aaa, forgetting in rows:
-        print(f"| {label} | {mean_se(acc)} | {mean_se(aaa)} | {mean_se(forgetting)} |")
-    print(f"\nmean ± standard error over seeds {args.seeds}; embedded default "
-          f"({TrainConfig().benchmark}, {TrainConfig().tasks} tasks, {TrainConfig().epochs} "
-          f"epochs, Adam lr {TrainConfig().lr}, batch {TrainConfig().batch_size}).")
+    print("| method | lr (validation) | Acc | AAA | forgetting | Acc vs SD-LoRA (paired t, "
+          "seeds) |\n|---|---|---|---|---|---|")
+    for job in jobs:
+        rs = results.get(job["label"])
+        if not rs:
+            continue
+        acc = [r["acc"] for r in rs]
+        seeds = [r["seed"] for r in rs]
+        test = None
+        if ref_label and job["label"] != ref_label and all(s in ref for s in seeds):
+            test = paired_test(acc, [ref[s] for s in seeds])
+        lr = "—" if job["method"] == "simplecil" else (
+            f"{job['lr']:g}" + ("" if job["lr_source"] == "tuned" else f" ({job['lr_source']})"))
+        versus = "" if test is None else (f"{test['diff']:+.1f}, p = {test['p']:.3f}: "
+                                          f"{test['verdict']}")
+        print(f"| {job['label']} | {lr} | {fmt(acc)} | {fmt([r['aaa'] for r in rs])} | "
+              f"{fmt([r['forgetting'] for r in rs])} | {versus} |")
+        rows.append(dict(label=job["label"], method=job["method"], lr=job["lr"],
+                         lr_source=job["lr_source"], seeds=seeds, acc=acc,
+                         aaa=[r["aaa"] for r in rs], forgetting=[r["forgetting"] for r in rs],
+                         versus_sd_lora=test))
+    d = TrainConfig(benchmark=args.benchmark)
+    print(f"\nmean ± standard error over seeds {args.seeds}; {args.benchmark} ({d.backbone}, "
+          f"{d.tasks} tasks, {d.epochs} epochs, Adam, batch {d.batch_size}); learning rates "
+          f"chosen on a validation split of the training data (scripts/tune_lr.py).")
+    out = args.json or (None if missing else
+                        str(REPO / "results" / f"table_{args.benchmark}.json"))
+    if out:
+        atomic_write_json(Path(out), dict(benchmark=args.benchmark, seeds=args.seeds,
+                                          tasks=d.tasks, epochs=d.epochs, rows=rows,
+                                          missing=missing))
 
 
 if __name__ == "__main__":

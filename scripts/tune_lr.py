@@ -1,15 +1,19 @@
 """Choose each method's learning rate on a validation split of the training data.
 
-    python scripts/tune_lr.py [--methods ...] [--seeds 0] [--root cache/benchmark/tuning]
+    python scripts/tune_lr.py [--methods ...] [--benchmark glyphs40] [--seeds 0]
+        [--root cache/benchmark/<benchmark>/tuning]
 
-For each method, trains the embedded default once per learning rate of its grid
+For each method, trains the benchmark (default: the embedded default) once per learning rate of its grid
 (`sdlora.tuning.GRIDS`) with holdout='validation' and keeps the lr with the best validation
 Acc; the test set is never read. Writes one JSON per method under --root and the summary
-`results/tuned_lr.json` that scripts/results_table.py reads. Finished runs are reused.
+`results/tuned_lr.json` that scripts/results_table.py reads. Finished runs are reused; several
+processes may tune different methods side by side (the summary is re-read and written under a
+lock).
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import sys
@@ -31,22 +35,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=trainable, choices=trainable)
     parser.add_argument("--joint-adapters", nargs="+", default=["lora", "sd-lora"])
+    parser.add_argument("--benchmark", default=TrainConfig().benchmark)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--root", default=str(REPO / "cache" / "benchmark" / "tuning"))
+    parser.add_argument("--root", default=None,
+                        help="run folders (default cache/benchmark/<benchmark>/tuning)")
     parser.add_argument("--summary", default=str(SUMMARY))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    summary = load_tuned(args.summary)
+    root = args.root or REPO / "cache" / "benchmark" / args.benchmark / "tuning"
     configs = []
     for method in args.methods:
         if method == "joint":
-            configs += [TrainConfig(method="joint", joint_adapter=a) for a in args.joint_adapters]
+            configs += [TrainConfig(benchmark=args.benchmark, method="joint", joint_adapter=a)
+                        for a in args.joint_adapters]
         else:
-            configs.append(TrainConfig(method=method))
+            configs.append(TrainConfig(benchmark=args.benchmark, method=method))
+    summary_path = Path(args.summary)
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
     for config in configs:
-        result = tune(config, args.root, seeds=tuple(args.seeds))
-        summary[result["label"]] = result
-        atomic_write_json(Path(args.summary), summary)
+        result = tune(config, root, seeds=tuple(args.seeds))
+        with open(summary_path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            summary = load_tuned(summary_path)
+            summary[result["key"]] = result
+            atomic_write_json(summary_path, summary)
         print(f"{result['label']}: validation Acc "
               + ", ".join(f"lr {lr}: {acc:.1f}" for lr, acc in result["validation_acc"].items())
               + f" -> lr {result['chosen_lr']:g}")

@@ -199,8 +199,15 @@ def _glyphs(per_class_train: int = 100, per_class_test: int = 25, seed: int = 0,
     return Benchmark(f"glyphs{n_classes}", data.subset(~is_test), data.subset(is_test), names)
 
 
+def _glyphs80(**kwargs) -> Benchmark:
+    """All 80 glyph classes of `sdlora.glyphs`, made as `glyphs40` is (100 training and 25 test
+    images a class, two rendition styles): the 10-task preset's benchmark (8 classes a task)."""
+    return _glyphs(**{"classes": None, **kwargs})
+
+
 BENCHMARKS: dict[str, Callable[..., Benchmark]] = {
     "glyphs40": _glyphs,
+    "glyphs80": _glyphs80,
     "renditions20": _renditions20,
     "digits": _digits_tiny,
 }

@@ -11,12 +11,16 @@ settings; the baselines' released codes used their own (BASELINES.md section 3):
 flags for a faithful rerun, e.g. L2P ``--lr 0.001875 --epochs 10 --batch-size 32`` (PILOT),
 InfLoRA ``--lr 5e-4 --schedule cosine --epochs 50 --backbone vit_base_patch16_224.augreg_in21k``.
 Table 5's L2P size is L2P++'s: ``--method l2p --l2p-variant l2p++``.
+
+Two presets are the embedded CPU benchmark's own, with no paper numbers: ``glyphs40-5`` (the
+default run: 40 glyph classes, 5 tasks of 8) and ``glyphs80-10`` (all 80 classes, 10 tasks of
+8), both on ``glyph-vit`` with the default's epochs, batch and learning rate.
 """
 from __future__ import annotations
 
 from .config import ConfigError, TrainConfig
 
-__all__ = ["PRESETS", "preset_config", "PAPER_SEEDS"]
+__all__ = ["PRESETS", "EMBEDDED_PRESETS", "preset_config", "PAPER_SEEDS"]
 
 PAPER_SEEDS = (1993, 1994, 1995, 1996, 1997)
 VIT_B = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
@@ -54,6 +58,14 @@ PRESETS: dict[str, tuple[dict, dict[str, tuple[float, float]]]] = {
         "sd-lora": (77.48, 85.59), "sd-lora-rr": (76.35, 83.89), "full-ft": (51.43, 69.74),
         "l2p": (65.18, 76.12), "inflora": (70.82, 81.39)}),
 }
+
+
+# The embedded benchmark's presets (issue 9): the paper's protocol shapes at CPU scale.
+_EMBEDDED = dict(backbone="glyph-vit", seed=0, lr=TrainConfig.lr, epochs=TrainConfig.epochs,
+                 batch_size=TrainConfig.batch_size)
+PRESETS["glyphs40-5"] = (dict(_EMBEDDED, benchmark="glyphs40", tasks=5), {})
+PRESETS["glyphs80-10"] = (dict(_EMBEDDED, benchmark="glyphs80", tasks=10), {})
+EMBEDDED_PRESETS = ("glyphs40-5", "glyphs80-10")
 
 
 def preset_config(name: str, **overrides) -> TrainConfig:

@@ -18,7 +18,7 @@ import numpy as np
 from .config import TrainConfig
 from .runs import RunFolder, atomic_write_json
 
-__all__ = ["GRIDS", "grid_for", "tune", "load_tuned", "tuned_lr"]
+__all__ = ["GRIDS", "grid_for", "tune", "load_tuned", "tuned_lr", "summary_key"]
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,23 @@ def tune(config: TrainConfig, root: Path | str, grid: tuple[float, ...] | None =
     result = dict(method=config.method, label=label, grid=list(grid), seeds=list(seeds),
                   validation_acc=means, chosen_lr=chosen, val_fraction=config.val_fraction,
                   benchmark=config.benchmark, tasks=config.tasks, epochs=config.epochs)
+    result["key"] = summary_key(config)
     atomic_write_json(root / f"{label}.json", result)
     return result
 
 
+def summary_key(config: TrainConfig) -> str:
+    """The key of `config`'s tuning result in the summary file: label@benchmark."""
+    return f"{_label(config)}@{config.benchmark}"
+
+
 def load_tuned(path: Path | str) -> dict[str, dict]:
-    """The tuning results file written by scripts/tune_lr.py: label -> result."""
+    """The tuning results file written by scripts/tune_lr.py: summary_key -> result."""
     path = Path(path)
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def tuned_lr(results: dict[str, dict], config: TrainConfig) -> float | None:
-    entry = results.get(_label(config))
+    """The learning rate chosen for `config`'s method on its benchmark, or None if untuned."""
+    entry = results.get(summary_key(config))
     return None if entry is None else float(entry["chosen_lr"])

@@ -109,7 +109,15 @@ def test_cub200_official_files(tmp_path):
 
 
 def test_every_preset_builds():
+    from sdlora.presets import EMBEDDED_PRESETS
+
+    for name in EMBEDDED_PRESETS:  # the embedded benchmark's own: glyph-vit, 8 classes a task
+        config = preset_config(name, method="sd-lora")
+        assert config.backbone == "glyph-vit" and config.seed == 0
+        assert {"glyphs40-5": 40, "glyphs80-10": 80}[name] // config.tasks == 8
     for name, (settings, reported) in PRESETS.items():
+        if name in EMBEDDED_PRESETS:
+            continue
         config = preset_config(name, method="sd-lora-kd", seed=1995)
         assert config.benchmark == settings["benchmark"] and config.tasks == settings["tasks"]
         assert config.backbone == "vit_base_patch16_224.augreg2_in21k_ft_in1k"
@@ -231,6 +239,16 @@ def test_glyphs40_classes_sizes_and_tasks():
         glyphs.class_subset(81)
 
 
+def test_glyphs80_has_every_class_for_ten_tasks_of_eight():
+    from sdlora import glyphs
+    from sdlora.data import BENCHMARKS
+
+    bench = BENCHMARKS["glyphs80"](per_class_train=2, per_class_test=1)  # small: the shape only
+    assert bench.name == "glyphs80" and bench.class_names == list(glyphs.CLASS_NAMES)
+    assert torch.bincount(bench.train.labels).tolist() == [2] * 80
+    assert make_task_split(bench.num_classes, 10, 0).classes_per_task == 8
+
+
 def test_glyphs_generation_is_deterministic_and_seeded():
     from sdlora import glyphs
     from sdlora.data import _glyphs
@@ -294,4 +312,14 @@ def test_glyph_vit_ships_and_loads():
     model, _ = create_backbone("glyph-vit")
     embedded, _ = create_backbone("embedded-vit")  # glyph-vit is embedded-vit trained further
     assert not torch.equal(model.blocks[0].attn.qkv.weight, embedded.blocks[0].attn.qkv.weight)
-    assert TrainConfig().benchmark == "renditions20"  # glyphs40 is not the default (issue 9)
+
+
+
+def test_default_is_glyphs40_with_each_benchmark_its_own_foundation_model():
+    assert (TrainConfig().benchmark, TrainConfig().backbone) == ("glyphs40", "glyph-vit")
+    assert TrainConfig(benchmark="renditions20").backbone == "embedded-vit"
+    assert TrainConfig(benchmark="digits").backbone == "embedded-vit"
+    # an explicit backbone is kept, and the saved config holds the resolved name
+    assert TrainConfig(benchmark="glyphs40", backbone="embedded-vit").backbone == "embedded-vit"
+    assert TrainConfig.from_dict(TrainConfig(benchmark="renditions20").to_dict()).backbone \
+        == "embedded-vit"

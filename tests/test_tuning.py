@@ -1,4 +1,6 @@
 """Hyperparameters are chosen on a validation split carved from the training data."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -43,7 +45,9 @@ def test_tune_picks_the_best_validation_lr_and_never_reads_test(tmp_path):
     assert set(scores) == {"1e-05", "0.03"}
     assert result["chosen_lr"] == max((1e-5, 0.03), key=lambda lr: scores[f"{lr:g}"])
     assert scores["0.03"] > scores["1e-05"]  # a head that barely moves stays near chance
-    assert tuned_lr({result["label"]: result}, config) == result["chosen_lr"]
+    assert tuned_lr({result["key"]: result}, config) == result["chosen_lr"]
+    # a rate chosen on one benchmark is not used for another
+    assert tuned_lr({result["key"]: result}, replace(config, benchmark="renditions20")) is None
     assert load_tuned(tmp_path / "missing.json") == {}
     again = tune(config, tmp_path, grid=(1e-5, 0.03), train_kwargs=dict(benchmark=poisoned))
     assert again["validation_acc"] == scores  # finished runs are reused, not retrained
