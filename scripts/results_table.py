@@ -79,6 +79,8 @@ def paired_test(a: list[float], b: list[float]) -> dict:
 def build_jobs(args, tuned: dict) -> list[dict]:
     """One dict per table row: label, method, overrides, the lr and where it came from."""
     base = TrainConfig(benchmark=args.benchmark)
+    if args.epochs is not None:
+        base = replace(base, epochs=args.epochs)
 
     def lr_of(config: TrainConfig) -> tuple[float, str]:
         own = tuned_lr(tuned, config)
@@ -113,8 +115,13 @@ def build_jobs(args, tuned: dict) -> list[dict]:
         lr, source = lr_of(config)
         suffix = "".join(f"-{v}" if k in ("variant", "kd_residual", "joint_adapter")
                          else f"-{k}{v}" for k, v in overrides.items())
+        reference = method == REFERENCE and not overrides
+        if args.epochs is not None:
+            overrides = dict(overrides, epochs=args.epochs)
+            suffix += f"-e{args.epochs}"
         jobs.append(dict(label=label, method=method, overrides=overrides, lr=lr,
-                         lr_source=source, name=f"{method}{suffix}-lr{lr:g}"))
+                         lr_source=source, name=f"{method}{suffix}-lr{lr:g}",
+                         reference=reference))
     return jobs
 
 
@@ -137,6 +144,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--benchmark", default=TrainConfig().benchmark)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs a task (default the config's; renditions20's table was "
+                             "made with 5)")
     parser.add_argument("--methods", nargs="+", default=ORDER, choices=list(METHODS))
     parser.add_argument("--joint-adapters", nargs="+", default=["sd-lora"],
                         choices=["lora", "sd-lora", "full-ft"])
@@ -176,14 +186,13 @@ def main() -> None:
             if m is None:
                 missing.append(f"{job['name']}-s{seed}")
                 continue
-            results.setdefault(job["label"], []).append(dict(seed=seed, **m))
+            results.setdefault(job["label"], []).append({**m, "seed": seed})
             print(f"{job['name']}-s{seed}: Acc {m['acc']:.1f} AAA {m['aaa']:.1f}",
                   file=sys.stderr)
     if missing:
         print(f"{len(missing)} runs not finished (other shards, or --no-train): "
               f"{', '.join(missing)}", file=sys.stderr)
-    ref_label = next((j["label"] for j in jobs if j["method"] == REFERENCE
-                      and not j["overrides"]), None)
+    ref_label = next((j["label"] for j in jobs if j["reference"]), None)
     ref = {r["seed"]: r["acc"] for r in results.get(ref_label, [])}
     rows = []
     print("| method | lr (validation) | Acc | AAA | forgetting | Acc vs SD-LoRA (paired t, "
@@ -207,10 +216,14 @@ def main() -> None:
                          lr_source=job["lr_source"], seeds=seeds, acc=acc,
                          aaa=[r["aaa"] for r in rs], forgetting=[r["forgetting"] for r in rs],
                          versus_sd_lora=test))
-    d = TrainConfig(benchmark=args.benchmark)
+    d = TrainConfig(benchmark=args.benchmark, **({} if args.epochs is None
+                                                   else dict(epochs=args.epochs)))
+    tuned_any = any(j["lr_source"] != "not tuned" for j in jobs)
     print(f"\nmean ± standard error over seeds {args.seeds}; {args.benchmark} ({d.backbone}, "
-          f"{d.tasks} tasks, {d.epochs} epochs, Adam, batch {d.batch_size}); learning rates "
-          f"chosen on a validation split of the training data (scripts/tune_lr.py).")
+          f"{d.tasks} tasks, {d.epochs} epochs, Adam, batch {d.batch_size}); "
+          + ("learning rates chosen on a validation split of the training data "
+             "(scripts/tune_lr.py) unless the row says otherwise." if tuned_any else
+             "no learning rate tuned on this benchmark (the config's default for every row)."))
     out = args.json or (None if missing else
                         str(REPO / "results" / f"table_{args.benchmark}.json"))
     if out:

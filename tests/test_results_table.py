@@ -1,0 +1,55 @@
+"""scripts/results_table.py: the per-pair significance test and the learning rate each row uses."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def table():
+    spec = importlib.util.spec_from_file_location("results_table", REPO / "scripts" /
+                                                  "results_table.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["results_table"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_t_test_by_hand(table):
+    # differences 1, 2, 3: mean 2, sd 1, t = 2 / (1 / sqrt 3) = 3.464 with 2 degrees of freedom,
+    # two-sided p = 0.0742 (t-table): not significant at 0.05
+    out = table.paired_test([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    assert out["diff"] == pytest.approx(2.0)
+    assert out["p"] == pytest.approx(0.0742, abs=5e-4)
+    assert out["verdict"] == "no significant difference"
+    # differences 10, 11, 12, 10, 11: t = 10.8 / (0.837 / sqrt 5) = 28.9, p < 1e-5: lower
+    low = table.paired_test([0.0] * 5, [10.0, 11.0, 12.0, 10.0, 11.0])
+    assert low["verdict"] == "lower" and low["p"] < 1e-4
+    # a constant difference has no variance: significant unless it is zero
+    assert table.paired_test([3.0, 4.0], [1.0, 2.0])["verdict"] == "higher"
+    assert table.paired_test([1.0, 2.0], [1.0, 2.0])["verdict"] == "no significant difference"
+
+
+def test_rows_use_the_validation_chosen_rate(table, tmp_path):
+    from sdlora.config import TrainConfig
+    from sdlora.tuning import summary_key
+
+    tuned = {summary_key(TrainConfig(method="sd-lora")): dict(chosen_lr=0.03),
+             summary_key(TrainConfig(method="joint", joint_adapter="sd-lora")):
+                 dict(chosen_lr=0.002)}
+    args = table.argparse.Namespace(benchmark="glyphs40", epochs=None,
+                                    methods=["lora", "sd-lora", "no-rescale", "joint"],
+                                    joint_adapters=["sd-lora"], variant_released=False,
+                                    kd_absolute=False)
+    jobs = {j["label"]: j for j in table.build_jobs(args, tuned)}
+    assert (jobs["sd-lora"]["lr"], jobs["sd-lora"]["lr_source"]) == (0.03, "tuned")
+    assert (jobs["no-rescale"]["lr"], jobs["no-rescale"]["lr_source"]) == (0.03, "sd-lora's")
+    assert (jobs["lora"]["lr"], jobs["lora"]["lr_source"]) == (TrainConfig.lr, "not tuned")
+    assert jobs["joint (sd-lora adapter)"]["lr"] == 0.002
+    assert jobs["sd-lora"]["name"] == "sd-lora-lr0.03" and jobs["sd-lora"]["reference"]
+    # a rate chosen on glyphs40 is not used on renditions20
+    args.benchmark = "renditions20"
+    assert {j["lr_source"] for j in table.build_jobs(args, tuned)} == {"not tuned"}
