@@ -18,6 +18,7 @@ trains the KD runs in every case (a check of the shortcut). SD-LoRA runs missing
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import logging
 import sys
 from pathlib import Path
@@ -67,8 +68,9 @@ def main() -> None:
             m, absorbed = ref, 0
             if predicted or args.train_kd:
                 name = "sd-lora-kd" + ("-absolute" if rule == "absolute" else "") + f"-s{seed}"
-                config = TrainConfig(method="sd-lora-kd", seed=seed, kd_residual=rule,
-                                     kd_tau=args.tau)
+                # the KD run differs from its SD-LoRA run in the method and the rule only
+                config = replace(TrainConfig.from_dict(base.config()), method="sd-lora-kd",
+                                 kd_residual=rule, kd_tau=args.tau)
                 m = finished(Path(args.root) / name, config).metrics()
                 absorbed = sum(bool(t.get("absorbed")) for t in m["task_info"])
                 source = f"trained {name}"

@@ -8,7 +8,10 @@ projection. This script measures, on the embedded default:
    any optimiser step) with alpha_t = 1 and with alpha_t = 0;
 2. the final Acc / AAA of whole runs with `new_magnitude_init` 1.0 and 0.0.
 
-    python scripts/magnitude_start.py [--seeds 0 1 2]
+    python scripts/magnitude_start.py [--seeds 0 1 2] [--benchmark glyphs40] [--epochs N]
+
+(The README's figures are from `--benchmark renditions20 --epochs 5`, the default until
+2026-11-30; runs land under cache/benchmark/<benchmark>/magnitude_start.)
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sdlora.backbone import image_size  # noqa: E402
 from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.data import load_benchmark, make_task_split  # noqa: E402
 from sdlora.runs import RunFolder  # noqa: E402
@@ -31,10 +35,14 @@ from sdlora.train import evaluate, load_model, task_generator, train  # noqa: E4
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--root", default="cache/benchmark")
+    parser.add_argument("--benchmark", default=TrainConfig().benchmark)
+    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    parser.add_argument("--root", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    bench = load_benchmark("renditions20")
+    common = dict(benchmark=args.benchmark, epochs=args.epochs)
+    args.root = args.root or f"cache/benchmark/{args.benchmark}/magnitude_start"
+    bench = load_benchmark(args.benchmark, image_size=image_size(TrainConfig(**common).backbone))
     cpu = torch.device("cpu")
     jumps = {1.0: [], 0.0: []}
     finals = {1.0: [], 0.0: []}
@@ -42,7 +50,7 @@ def main() -> None:
         for start in (0.0, 1.0):
             name = f"sd-lora-s{seed}" if start == 0.0 else f"sd-lora-alpha1-s{seed}"
             run = RunFolder(Path(args.root) / name)
-            config = TrainConfig(method="sd-lora", seed=seed, new_magnitude_init=start)
+            config = TrainConfig(method="sd-lora", seed=seed, new_magnitude_init=start, **common)
             if not run.exists():
                 train(config, out=run.path, progress=False)
             elif run.completed_tasks() < config.tasks:

@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdlora.config import METHODS, TrainConfig  # noqa: E402
+from sdlora.methods import method_class  # noqa: E402
 from sdlora.runs import RunFolder, atomic_write_json  # noqa: E402
 from sdlora.train import train  # noqa: E402
 from sdlora.tuning import load_tuned, tuned_lr  # noqa: E402
@@ -44,10 +45,8 @@ ORDER = [m for m in ORDER if m in METHODS] + [m for m in METHODS if m not in ORD
 SD_LORA_FAMILY = {"sd-lora-rr", "sd-lora-kd", "fixed-first-direction", "single-decoupled",
                   "no-rescale", "frozen-magnitudes"}
 REFERENCE = "sd-lora"
-# Extra rows: Table 4 row 3 puts every earlier direction back with coefficient 1; with the
-# paper's start alpha_t = 1 (instead of this project's 0) that is close to what alpha_t learned.
-EXTRA = [("no-rescale", dict(new_magnitude_init=1.0),
-          "no-rescale, alpha_t starting at 1 (the paper's initialisation)")]
+# Extra rows (method, overrides, label) run beside the methods named, when their method is.
+EXTRA: list = []
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -76,11 +75,31 @@ def paired_test(a: list[float], b: list[float]) -> dict:
     return dict(diff=float(diff.mean()), p=p, verdict=verdict)
 
 
+def parse_settings(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs as TrainConfig values of the field's type (a bad one names the field)."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    defaults = TrainConfig()
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {pair!r} is not valid; give KEY=VALUE with KEY a TrainConfig "
+                             f"field, e.g. new_magnitude_init=0")
+        current = getattr(defaults, key)
+        kind = type(current) if current is not None else float
+        out[key] = None if text == "None" else kind(text)
+    return out
+
+
 def build_jobs(args, tuned: dict) -> list[dict]:
     """One dict per table row: label, method, overrides, the lr and where it came from."""
     base = TrainConfig(benchmark=args.benchmark)
+    settings = parse_settings(getattr(args, "set", []))
     if args.epochs is not None:
-        base = replace(base, epochs=args.epochs)
+        settings["epochs"] = args.epochs
+    base = replace(base, **settings)
 
     def lr_of(config: TrainConfig) -> tuple[float, str]:
         own = tuned_lr(tuned, config)
@@ -116,19 +135,31 @@ def build_jobs(args, tuned: dict) -> list[dict]:
         suffix = "".join(f"-{v}" if k in ("variant", "kd_residual", "joint_adapter")
                          else f"-{k}{v}" for k, v in overrides.items())
         reference = method == REFERENCE and not overrides
-        if args.epochs is not None:
-            overrides = dict(overrides, epochs=args.epochs)
-            suffix += f"-e{args.epochs}"
+        for key, value in settings.items():
+            overrides = dict(overrides, **{key: value})
+            suffix += f"-e{value}" if key == "epochs" else f"-{key}{value:g}" \
+                if isinstance(value, float) else f"-{key}{value}"
         jobs.append(dict(label=label, method=method, overrides=overrides, lr=lr,
                          lr_source=source, name=f"{method}{suffix}-lr{lr:g}",
                          reference=reference))
     return jobs
 
 
+IGNORED = {"device", "num_workers", "eval_batch_size", "extra", "amp"}
+
+
 def run_seed(root: Path, job: dict, seed: int, benchmark: str, may_train: bool) -> dict | None:
     run = RunFolder(root / f"{job['name']}-s{seed}")
     config = TrainConfig(benchmark=benchmark, method=job["method"], seed=seed, lr=job["lr"],
                          **job["overrides"])
+    if run.exists():  # a folder of the same name made with other settings is never reused
+        saved = TrainConfig.from_dict(run.config()).to_dict()
+        wanted = config.to_dict()
+        differ = {k: (saved[k], wanted[k]) for k in wanted
+                  if k not in IGNORED and saved.get(k) != wanted[k]}
+        if differ:
+            raise SystemExit(f"{run.path} was made with other settings (saved, wanted): "
+                             f"{differ}; move it away or name the settings with --set")
     tasks = 1 if config.method == "joint" else config.tasks
     if may_train:
         if not run.exists():
@@ -148,6 +179,9 @@ def main() -> None:
                         help="epochs a task (default the config's; renditions20's table was "
                              "made with 5)")
     parser.add_argument("--methods", nargs="+", default=ORDER, choices=list(METHODS))
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config values for every row (named in the run folders), e.g. "
+                             "new_magnitude_init=0 as renditions20's table was made")
     parser.add_argument("--joint-adapters", nargs="+", default=["sd-lora"],
                         choices=["lora", "sd-lora", "full-ft"])
     parser.add_argument("--tuned", default=str(REPO / "results" / "tuned_lr.json"),
@@ -180,8 +214,12 @@ def main() -> None:
     index = 0
     for seed in args.seeds:  # seed-major: every method has seed 0 before any has seed 1
         for job in jobs:
-            mine = index % shards == shard and not args.no_train
-            index += 1
+            if method_class(job["method"]).trains_by_gradient:  # shards share the long runs
+                mine = index % shards == shard
+                index += 1
+            else:  # prototype methods take seconds: shard 0's
+                mine = shard == 0
+            mine = mine and not args.no_train
             m = run_seed(root, job, seed, args.benchmark, mine)
             if m is None:
                 missing.append(f"{job['name']}-s{seed}")

@@ -165,7 +165,9 @@ class TrainConfig:
     joint_adapter: str = "lora"  # joint only: 'lora', 'sd-lora' or 'full-ft'
     variant: str = "paper"  # sd-lora only: 'paper' or 'released' (the authors' code, see README)
     magnitude_init: float = 1.0  # initial magnitude of a new component (Finding 2: one)
-    new_magnitude_init: float | None = 0.0  # tasks >= 2: start of the new alpha_t (None: magnitude_init)
+    # tasks >= 2: start of the new alpha_t; None: magnitude_init, i.e. 1 as the paper's Finding 2
+    # (the default). 0.0 was this project's default until 2026-11-30 (chosen on renditions20).
+    new_magnitude_init: float | None = None
     head_lr_scale: float = 1.0  # head learning rate = lr * head_lr_scale
     residual_every: int = 10  # record the current direction's residual every N steps (0: never)
     # Baselines (sdlora.methods.l2p, sdlora.methods.inflora; InfLoRA's rank is `rank`).

@@ -41,6 +41,8 @@ def _label(config: TrainConfig) -> str:
         label += f"-{config.joint_adapter}"
     if config.variant != "paper":
         label += f"-{config.variant}"
+    if config.new_magnitude_init is not None:  # not the paper's start (alpha_t = magnitude_init)
+        label += f"-init{config.new_magnitude_init:g}"
     return label
 
 
