@@ -1,15 +1,19 @@
 """Make the demo runs that ship in cache/demo, with their analyses precomputed.
 
-    python scripts/make_demo_runs.py
+    python scripts/make_demo_runs.py [--extra]
 
-Vanilla LoRA, SD-LoRA and fixed-first-direction with 3 seeds each (Fig. 2b/c's comparison),
-SD-LoRA-RR, SD-LoRA-KD and frozen with seed 0, all on the embedded default, trained by the engine itself. A run already
-finished by scripts/results_table.py (cache/benchmark) is copied instead of retrained: same
-config, same numbers. Then every analysis the app shows is computed once and stored in the
-run folder.
+On the embedded default (glyphs40, glyph-vit), each method at the learning rate chosen for it on
+a validation split (results/tuned_lr.json, scripts/tune_lr.py): vanilla LoRA and SD-LoRA with
+seeds 0-2 (Fig. 2b/c's comparison), SimpleCIL and the joint upper bound (SD-LoRA's adapter)
+with seed 0; other folders in cache/demo are removed; `--extra` adds fixed-first-direction (seeds 0-2), SD-LoRA-RR and SD-LoRA-KD
+(seed 0). A run already finished by scripts/results_table.py (cache/benchmark/<benchmark>, same
+config) is copied instead of retrained: same numbers. Then every analysis the app shows is
+computed once and stored in the run folder. Demo runs from another benchmark or settings are
+replaced.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
 import sys
@@ -19,37 +23,79 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdlora.analysis import (cached, efficiency, interpolate, magnitude_series,  # noqa: E402
                              residuals_at_task_end)
+from sdlora.analysis.core import INTERPOLATION_POINTS  # noqa: E402
 from sdlora.config import TrainConfig  # noqa: E402
+from sdlora.methods import method_class  # noqa: E402
 from sdlora.runs import RunFolder, demo_runs_root  # noqa: E402
 from sdlora.train import train  # noqa: E402
+from sdlora.tuning import load_tuned, tuned_lr  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO = [(m, s) for m in ("lora", "sd-lora", "fixed-first-direction") for s in (0, 1, 2)] + [
-    ("sd-lora-rr", 0), ("sd-lora-kd", 0), ("frozen", 0)]
+# (method, overrides, seeds, demo folder prefix)
+DEMO = [("lora", {}, (0, 1, 2), "lora"), ("sd-lora", {}, (0, 1, 2), "sd-lora"),
+        ("simplecil", {}, (0,), "simplecil"),
+        ("joint", dict(joint_adapter="sd-lora"), (0,), "joint")]
+EXTRA = [("fixed-first-direction", {}, (0, 1, 2), "fixed-first-direction"),
+         ("sd-lora-rr", {}, (0,), "sd-lora-rr"), ("sd-lora-kd", {}, (0,), "sd-lora-kd")]
 ALL_BOUNDARIES = {"lora-s0", "sd-lora-s0"}  # the others get the first boundary precomputed
+IGNORED = {"device", "num_workers", "eval_batch_size", "extra", "amp"}
+
+
+def same_config(run: RunFolder, config: TrainConfig) -> bool:
+    saved = TrainConfig.from_dict(run.config()).to_dict()
+    return all(saved.get(k) == v for k, v in config.to_dict().items() if k not in IGNORED)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--extra", action="store_true",
+                        help="also fixed-first-direction (seeds 0-2), sd-lora-rr, sd-lora-kd")
+    parser.add_argument("--tuned", default=str(REPO / "results" / "tuned_lr.json"))
+    args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    tuned = load_tuned(args.tuned)
     root = demo_runs_root()
-    for method, seed in DEMO:
-        name = f"{method}-s{seed}"
-        run = RunFolder(root / name)
-        config = TrainConfig(method=method, seed=seed)
-        done = RunFolder(REPO / "cache" / "benchmark" / name)
-        if not run.exists() and done.exists() and done.completed_tasks() == config.tasks:
-            shutil.copytree(done.path, run.path, ignore=shutil.ignore_patterns("analyses"))
-        elif not run.exists():
-            train(config, out=run.path, progress=False)
-        elif run.completed_tasks() < config.tasks:
-            train(resume=run.path, progress=False)
-        cached(run, "efficiency", lambda: efficiency(run))
-        for task in range(2, config.tasks + 1 if name in ALL_BOUNDARIES else 3):
-            cached(run, f"interpolation_task{task}_11",
-                   lambda: interpolate(run, task, 11).to_dict("records"))
-        magnitude_series(run)
-        residuals_at_task_end(run)
-        logging.info("%s ready", name)
+    table_root = REPO / "cache" / "benchmark" / TrainConfig().benchmark
+    plan = DEMO + (EXTRA if args.extra else [])
+    wanted = {f"{prefix}-s{seed}" for _, _, seeds, prefix in plan for seed in seeds}
+    for old in sorted(root.iterdir()) if root.exists() else []:
+        if old.is_dir() and old.name not in wanted:  # demo runs of an earlier default
+            logging.info("%s: not a demo run any more, removed", old.name)
+            shutil.rmtree(old)
+    for method, overrides, seeds, prefix in plan:
+        for seed in seeds:
+            name = f"{prefix}-s{seed}"
+            config = TrainConfig(method=method, seed=seed, **overrides)
+            lr = tuned_lr(tuned, config) or (tuned_lr(tuned, TrainConfig(method="sd-lora"))
+                                             if method in ("fixed-first-direction", "sd-lora-rr",
+                                                           "sd-lora-kd") else None)
+            if lr is not None:
+                config = TrainConfig(method=method, seed=seed, lr=lr, **overrides)
+            run = RunFolder(root / name)
+            if run.exists() and not same_config(run, config):
+                logging.info("%s: made with other settings, replaced", name)
+                shutil.rmtree(run.path)
+            suffix = "".join(f"-{v}" for v in overrides.values())
+            done = RunFolder(table_root / f"{method}{suffix}-lr{config.lr:g}-s{seed}")
+            tasks = 1 if method == "joint" else config.tasks
+            if (not run.exists() and done.exists() and done.completed_tasks() == tasks
+                    and same_config(done, config)):
+                shutil.copytree(done.path, run.path, ignore=shutil.ignore_patterns("analyses"))
+            elif not run.exists():
+                train(config, out=run.path, progress=False)
+            elif run.completed_tasks() < tasks:
+                train(resume=run.path, progress=False)
+            cached(run, "efficiency", lambda: efficiency(run))
+            if method_class(method).mergeable and tasks > 1:
+                last = config.tasks + 1 if name in ALL_BOUNDARIES else 3
+                for task in range(2, last):
+                    cached(run, f"interpolation_task{task}_{INTERPOLATION_POINTS}",
+                           lambda: interpolate(run, task, INTERPOLATION_POINTS)
+                           .to_dict("records"))
+            if run.metrics().get("task_info") and method not in ("simplecil", "joint"):
+                magnitude_series(run)
+                residuals_at_task_end(run)
+            logging.info("%s ready", name)
 
 
 if __name__ == "__main__":
