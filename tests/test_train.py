@@ -193,7 +193,7 @@ def _cli(*args, env_extra=None):
     (["--rank", "0"], "rank=0"),
     (["--lr", "0"], "lr=0.0"),
     (["--epochs", "-2"], "epochs=-2"),
-    (["--tasks", "3"], "tasks=3 does not divide the 20 classes"),
+    (["--tasks", "3"], "tasks=3 does not divide the 40 classes"),
     (["--benchmark", "imagenet-x"], "benchmark='imagenet-x'"),
     (["--weights", "/nonexistent/w.safetensors"], "/nonexistent/w.safetensors"),
 ])
