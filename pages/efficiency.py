@@ -95,8 +95,9 @@ def per_run() -> None:
         costs.append(dict(label=run.id, method=eff["method"], step_ms=eff["step_ms_median"]))
     if rows:
         table = pd.DataFrame(rows)
-        st.caption("Table 5's columns first: GFLOPs per test image (prompt methods such as L2P "
-                   "pay a second, frozen query pass: `forward_passes` 2), parameters learned on "
+        st.caption("Table 5's columns first: GFLOPs per test image (the prompt methods, L2P, "
+                   "DualPrompt and CODA-Prompt, pay a second, frozen query pass: "
+                   "`forward_passes` 2), parameters learned on "
                    "the last task besides the head, and parameters stored after it besides the "
                    "pretrained backbone; then what the stored ones are.")
         st.dataframe(table, hide_index=True, width="stretch")

@@ -22,7 +22,8 @@ _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "var
           "class_order_seed": int, "amp": str, "num_workers": int, "joint_adapter": str,
           "holdout": str, "val_fraction": float,
           "l2p_variant": str, "prompt_pool": int, "prompt_length": int, "prompt_top_k": int,
-          "pull_weight": float, "gpm_eps_start": float, "gpm_eps_end": float,
+          "pull_weight": float, "dualprompt_variant": str, "g_prompt_length": int,
+          "ortho_weight": float, "gpm_eps_start": float, "gpm_eps_end": float,
           "grad_clip": float}
 
 
@@ -38,12 +39,21 @@ def _train_parser(sub) -> None:
              "data_root": "folder of a file benchmark (default $SDLORA_DATA/<benchmark>)",
              "amp": "'none' or 'bf16' (CUDA autocast)", "device": "auto, cpu or cuda",
              "l2p_variant": "l2p only: 'l2p' (prompt tokens) or 'l2p++' (prefix, pool 30 x 20)",
-             "prompt_pool": "l2p: prompts in the pool (default: the variant's, 10 or 30)",
-             "prompt_length": "l2p: tokens per prompt (default: the variant's, 5 or 20)",
+             "prompt_pool": "prompt methods' pool (default: the method's: l2p 10, l2p++ 30; "
+                            "dualprompt one E-prompt per task; coda-prompt 100 components)",
+             "prompt_length": "tokens per prompt (default: l2p 5, l2p++ 20, dualprompt 20, "
+                              "coda-prompt 8)",
              "prompt_top_k": "l2p: prompts chosen per image",
-             "pull_weight": "l2p: weight of the key-query pull",
+             "pull_weight": "l2p, dualprompt: weight of the key-query pull (default: the "
+                            "method's; l2p 0.1, dualprompt 1.0)",
+             "dualprompt_variant": "dualprompt only: 'official' (L key + L value tokens, one "
+                                   "key per task) or 'coda' (CODA-Prompt's: L/2 + L/2, a key "
+                                   "per layer; Table 5's size)",
+             "g_prompt_length": "dualprompt: G-prompt length (default: 5; 6 for 'coda')",
+             "ortho_weight": "coda-prompt: orthogonality penalty weight (released code 0.0; "
+                             "the paper's 0.1)",
              "grad_clip": "clip the gradient norm to this (default: the method's; 1.0 for l2p "
-                          "as its released code, none for the others)",
+                          "and dualprompt as their released code, none for the others)",
              "gpm_eps_start": "inflora: DualGPM threshold after task 1",
              "gpm_eps_end": "inflora: the threshold it rises to by the last task",
              "kd_residual": "sd-lora-kd: 'relative' (scale-free, Eqn. 7) or 'absolute' "

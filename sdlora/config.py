@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["TrainConfig", "METHODS", "JOINT_ADAPTERS", "L2P_VARIANTS", "GRAD_CLIP_DEFAULTS",
-           "ConfigError"]
+__all__ = ["TrainConfig", "METHODS", "JOINT_ADAPTERS", "L2P_VARIANTS", "DUALPROMPT_VARIANTS",
+           "PROMPT_SHAPES", "GRAD_CLIP_DEFAULTS", "PULL_WEIGHT_DEFAULTS", "ConfigError"]
 
 # Method name -> one line of what it is (the table in sdlora.methods gives the behaviour).
 METHODS: dict[str, str] = {
@@ -31,20 +31,43 @@ METHODS: dict[str, str] = {
                "subspace (DualGPM), only B trains, merged after each task (Liang & Li 2024)",
     "l2p": "baseline: a pool of prompts chosen per image by a frozen query, frozen backbone "
            "(Wang et al. 2022); l2p_variant 'l2p++' is CODA-Prompt's prefix form",
+    "dualprompt": "baseline: a shared G-prompt at blocks 0-1 and one E-prompt per task at "
+                  "blocks 2-4 (prefixes), the E-prompt chosen per image by its key at test "
+                  "(Wang et al. 2022, ECCV)",
+    "coda-prompt": "baseline: prefixes at blocks 0-4 assembled from a pool of components "
+                   "weighted by the frozen query, new components orthogonal to earlier ones "
+                   "(Smith et al. 2023)",
 }
 
 # L2P's variants: (pool, length) defaults. 'l2p': prompt tokens after the class token, head on
 # the mean of the prompt outputs; 'l2p++': prefix keys/values at block 0, head on the class token.
 L2P_VARIANTS = {"l2p": (10, 5), "l2p++": (30, 20)}
 
+# DualPrompt's variants: G-prompt length default. 'official' (google-research/l2p, the PyTorch
+# port): a prompt of length L is L prefix keys and L prefix values, one key per task shared by
+# the E layers. 'coda' (CODA-Prompt's reimplementation, whose size is Table 5's 0.06M): length
+# L is L/2 keys + L/2 values, a key per E layer.
+DUALPROMPT_VARIANTS = {"official": 5, "coda": 6}
+
+# (pool, length) defaults of the other prompt methods; None: DualPrompt's pool is one E-prompt
+# per task (`tasks`). CODA-Prompt: 100 components of 8 tokens (4 keys + 4 values).
+PROMPT_SHAPES: dict[str, tuple[int | None, int]] = {"dualprompt": (None, 20),
+                                                    "coda-prompt": (100, 8)}
+
 # Gradient-norm clip per method when `grad_clip` is not given: L2P's released code clips at 1.0
-# (google-research/l2p, and the PyTorch port's --clip-grad 1.0); every other method does not.
-GRAD_CLIP_DEFAULTS: dict[str, float | None] = {"l2p": 1.0}
+# (google-research/l2p, and the PyTorch port's --clip-grad 1.0), as does DualPrompt's official
+# ImageNet-R config; every other method does not.
+GRAD_CLIP_DEFAULTS: dict[str, float | None] = {"l2p": 1.0, "dualprompt": 1.0}
+
+# Weight of the key-query pull when `pull_weight` is not given: L2P 0.1 (the PyTorch port and
+# PILOT), DualPrompt 1.0 (its official ImageNet-R config); 0.1 for the methods that have none.
+PULL_WEIGHT_DEFAULTS: dict[str, float] = {"dualprompt": 1.0}
 
 
 class _ByMethod:
-    """`grad_clip`'s default: resolved to the method's `GRAD_CLIP_DEFAULTS` entry (None if it
-    has none) when the config is made, so a saved config always holds the value used."""
+    """The default of `grad_clip` and `pull_weight`: resolved to the method's entry of
+    `GRAD_CLIP_DEFAULTS` (None if it has none) or `PULL_WEIGHT_DEFAULTS` (0.1) when the config
+    is made, so a saved config always holds the value used."""
 
     def __repr__(self) -> str:
         return "the method's default"
@@ -170,12 +193,24 @@ class TrainConfig:
     new_magnitude_init: float | None = None
     head_lr_scale: float = 1.0  # head learning rate = lr * head_lr_scale
     residual_every: int = 10  # record the current direction's residual every N steps (0: never)
-    # Baselines (sdlora.methods.l2p, sdlora.methods.inflora; InfLoRA's rank is `rank`).
+    # Baselines (sdlora.methods.l2p, .dualprompt, .coda_prompt, .inflora; InfLoRA's rank is
+    # `rank`).
     l2p_variant: str = "l2p"  # l2p only: 'l2p' or 'l2p++' (L2P_VARIANTS)
-    prompt_pool: int | None = None  # l2p: prompts in the pool (None: the variant's, 10 / 30)
-    prompt_length: int | None = None  # l2p: tokens per prompt (None: the variant's, 5 / 20)
+    # Pool and prompt length of the prompt methods (None: the method's, `prompt_shape`): l2p
+    # prompts (10 x 5, l2p++ 30 x 20); dualprompt E-prompts (one per task x 20); coda-prompt
+    # components (100 x 8)
+    prompt_pool: int | None = None
+    prompt_length: int | None = None
     prompt_top_k: int = 5  # l2p: prompts chosen per image
-    pull_weight: float = 0.1  # l2p: weight of the key-query pull, loss -= w * sum cos / B
+    # Weight of the key-query pull (l2p: loss -= w * sum cos / B; dualprompt: loss -= w * mean
+    # cos with the task's key); by default the method's (PULL_WEIGHT_DEFAULTS: dualprompt 1.0,
+    # else 0.1)
+    pull_weight: float = BY_METHOD
+    dualprompt_variant: str = "official"  # dualprompt only: 'official' or 'coda'
+    g_prompt_length: int | None = None  # dualprompt: G-prompt length (None: 5 / 6 for 'coda')
+    # coda-prompt: weight of the orthogonality penalty on K, A and P; 0.0 in the released code,
+    # 0.1 in the paper
+    ortho_weight: float = 0.0
     # Clip the global gradient norm of what torch.optim steps to this value (None: no clip);
     # by default the method's (GRAD_CLIP_DEFAULTS: 1.0 for l2p, as its released code; else None)
     grad_clip: float | None = BY_METHOD
@@ -191,6 +226,8 @@ class TrainConfig:
             self.backbone = BENCHMARK_BACKBONES.get(self.benchmark, DEFAULT_BACKBONE)
         if self.grad_clip is BY_METHOD:
             self.grad_clip = GRAD_CLIP_DEFAULTS.get(self.method)
+        if self.pull_weight is BY_METHOD:
+            self.pull_weight = PULL_WEIGHT_DEFAULTS.get(self.method, 0.1)
         self.validate()
 
     def validate(self) -> None:
@@ -254,33 +291,77 @@ class TrainConfig:
 
     def _validate_baselines(self) -> None:
         _choice("l2p_variant", self.l2p_variant, list(L2P_VARIANTS))
-        for name in ("prompt_pool", "prompt_length"):
+        _choice("dualprompt_variant", self.dualprompt_variant, list(DUALPROMPT_VARIANTS))
+        for name in ("prompt_pool", "prompt_length", "g_prompt_length"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name), integer=True)
         _positive("prompt_top_k", self.prompt_top_k, integer=True)
-        pool, length = self.prompt_shape()
-        if self.prompt_top_k > pool:
-            raise ConfigError(f"prompt_top_k={self.prompt_top_k} is more than the pool of "
-                              f"{pool} prompts; choose 1..{pool}")
-        if self.l2p_variant == "l2p++" and length % 2:
-            raise ConfigError(f"prompt_length={length} is odd; l2p++ splits a prompt into equal "
-                              f"key and value halves, so it must be even")
         if isinstance(self.pull_weight, bool) or not isinstance(self.pull_weight, (int, float)) \
-                or self.pull_weight < 0:
+                or not math.isfinite(self.pull_weight) or self.pull_weight < 0:
             raise ConfigError(f"pull_weight={self.pull_weight!r} is not valid; it must be a "
                               f"number >= 0")
+        if isinstance(self.ortho_weight, bool) or not isinstance(self.ortho_weight, (int, float)) \
+                or not math.isfinite(self.ortho_weight) or self.ortho_weight < 0:
+            raise ConfigError(f"ortho_weight={self.ortho_weight!r} is not valid; it must be a "
+                              f"number >= 0 (0.0 as the released CODA-Prompt, 0.1 as its paper)")
         if not 0 < self.gpm_eps_start <= self.gpm_eps_end <= 1:
             raise ConfigError(f"gpm_eps_start={self.gpm_eps_start}, gpm_eps_end="
                               f"{self.gpm_eps_end} are not valid; need 0 < start <= end <= 1")
-        if self.method != "l2p" and self.l2p_variant != "l2p":
-            raise ConfigError(f"l2p_variant={self.l2p_variant!r} applies to method 'l2p' only, "
-                              f"not {self.method!r}")
+        for name, value, default, method in (
+                ("l2p_variant", self.l2p_variant, "l2p", "l2p"),
+                ("dualprompt_variant", self.dualprompt_variant, "official", "dualprompt")):
+            if self.method != method and value != default:
+                raise ConfigError(f"{name}={value!r} applies to method {method!r} only, "
+                                  f"not {self.method!r}")
+        pool, length = self.prompt_shape()
+        if self.method == "l2p":
+            if self.prompt_top_k > pool:
+                raise ConfigError(f"prompt_top_k={self.prompt_top_k} is more than the pool of "
+                                  f"{pool} prompts; choose 1..{pool}")
+            if self.l2p_variant == "l2p++" and length % 2:
+                raise ConfigError(f"prompt_length={length} is odd; l2p++ splits a prompt into "
+                                  f"equal key and value halves, so it must be even")
+        elif self.method == "dualprompt":
+            if pool < self.tasks:
+                raise ConfigError(
+                    f"prompt_pool={pool} is fewer than tasks={self.tasks}: DualPrompt trains "
+                    f"one E-prompt per task (the released code then silently stops forcing the "
+                    f"task's prompt); choose prompt_pool >= {self.tasks} or leave it unset")
+            if self.dualprompt_variant == "coda":
+                for name, value in (("prompt_length", length),
+                                    ("g_prompt_length", self.g_length())):
+                    if value % 2:
+                        raise ConfigError(f"{name}={value} is odd; dualprompt_variant='coda' "
+                                          f"splits a prompt into equal key and value halves, "
+                                          f"so it must be even")
+        elif self.method == "coda-prompt":
+            if pool % self.tasks:
+                fits = [m for m in (pool - pool % self.tasks, pool - pool % self.tasks
+                                    + self.tasks) if m > 0]
+                raise ConfigError(
+                    f"prompt_pool={pool} does not split into tasks={self.tasks} equal parts: "
+                    f"CODA-Prompt gives each task pool / tasks components; choose a multiple "
+                    f"of {self.tasks} (e.g. {', '.join(map(str, fits))})")
+            if length % 2:
+                raise ConfigError(f"prompt_length={length} is odd; CODA-Prompt splits a "
+                                  f"component into equal key and value halves, so it must be "
+                                  f"even")
 
     def prompt_shape(self) -> tuple[int, int]:
-        """L2P's (pool, length): the options, or the variant's defaults."""
-        pool, length = L2P_VARIANTS[self.l2p_variant]
+        """The prompt method's (pool, length): the options, or the method's defaults (l2p: the
+        variant's; dualprompt: one E-prompt per task, length 20; coda-prompt: 100, 8)."""
+        if self.method in PROMPT_SHAPES:
+            pool, length = PROMPT_SHAPES[self.method]
+            pool = self.tasks if pool is None else pool
+        else:
+            pool, length = L2P_VARIANTS[self.l2p_variant]
         return (self.prompt_pool if self.prompt_pool is not None else pool,
                 self.prompt_length if self.prompt_length is not None else length)
+
+    def g_length(self) -> int:
+        """DualPrompt's G-prompt length: the option, or the variant's (5; 'coda' 6)."""
+        return (self.g_prompt_length if self.g_prompt_length is not None
+                else DUALPROMPT_VARIANTS[self.dualprompt_variant])
 
     def rank_for_task(self, task: int) -> int:
         """Rank of task `task` (0-based). Eqn. 6 for sd-lora-rr with 1-based mu, nu."""

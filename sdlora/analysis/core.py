@@ -422,7 +422,9 @@ def efficiency(run: RunFolder | str | Path) -> dict:
 
     Every method of `sdlora.methods`: ``learnable`` is what trains on the task besides the head
     (the LoRA family: the task's A, B and magnitudes; InfLoRA: the task's B, its A is fixed;
-    L2P: the prompt pool and keys); ``stored_features`` what is kept besides weights (InfLoRA's
+    L2P: the prompt pool and keys; DualPrompt: the G-prompt and the task's E-prompt and key;
+    CODA-Prompt: the task's components, as its checkpoint's ``trained`` names them);
+    ``stored_features`` what is kept besides weights (InfLoRA's
     DualGPM bases, Table 5's 'stored features'); ``stored`` everything kept besides the
     pretrained backbone (adapter or prompts, head or prototypes, a trained backbone's copy,
     stored features); ``gflops_per_image`` what one test image costs,
@@ -457,6 +459,8 @@ def efficiency(run: RunFolder | str | Path) -> dict:
         elif "components" in meta:  # InfLoRA: the task's B trains, its A is fixed
             components = len(meta["components"])
             learnable = tensors[f"adapter.B.{meta['components'][-1]}"].numel()
+        elif "trained" in meta:  # DualPrompt, CODA-Prompt: the tensors the task trained
+            learnable = sum(tensors[k].numel() for k in meta["trained"])
         elif config.method == "l2p":
             learnable = stored("prompt.")
         per_task.append(dict(task=t + 1, components=components, learnable=learnable,
