@@ -20,6 +20,13 @@ costs exactly a plain ViT at inference, or raises `NotMergeable` with the reason
 
 ``adapter`` is the method's `sdlora.adapters.QVAdapter` where it has one (the LoRA family), else
 None: the magnitude and direction analyses read it.
+
+Task identity (methods that infer each test image's task, HiDe-Prompt): after every inference
+pass ``last_task_prediction`` holds the predicted task of each image (B,), and
+`sdlora.train.evaluate` records its accuracy per task (``task_info``'s
+``task_identity_accuracy``). ``oracle_task`` True (analysis only, never a default) makes
+`evaluate` pass each test image's true task to ``forward(x, task_ids=...)`` instead. Both are
+None / False for every other method.
 """
 from __future__ import annotations
 
@@ -111,6 +118,8 @@ class ContinualMethod(nn.Module):
 
     trains_by_gradient: bool = True  # False: `fit_task` instead of optimiser steps
     mergeable: bool = True  # False: `merged()` raises NotMergeable (no plain-ViT form)
+    oracle_task: bool = False  # True: `evaluate` hands forward each image's true task
+    last_task_prediction: torch.Tensor | None = None  # (B,) tasks inferred by the last pass
 
     def __init__(self, backbone: nn.Module, config: TrainConfig,
                  mean: tuple[float, ...], std: tuple[float, ...]) -> None:
