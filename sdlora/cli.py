@@ -23,7 +23,11 @@ _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "var
           "holdout": str, "val_fraction": float,
           "l2p_variant": str, "prompt_pool": int, "prompt_length": int, "prompt_top_k": int,
           "pull_weight": float, "gpm_eps_start": float, "gpm_eps_end": float,
-          "grad_clip": float}
+          "grad_clip": float, "head_lr_scale": float,
+          "hide_prompt_length": int, "hide_prompt_momentum": float,
+          "hide_contrast_weight": float, "hide_centroids": int, "hide_tii_epochs": int,
+          "hide_tii_lr": float, "hide_ca_epochs": int, "hide_ca_lr": float,
+          "hide_oracle_task": bool}
 
 
 def _train_parser(sub) -> None:
@@ -43,15 +47,34 @@ def _train_parser(sub) -> None:
              "prompt_top_k": "l2p: prompts chosen per image",
              "pull_weight": "l2p: weight of the key-query pull",
              "grad_clip": "clip the gradient norm to this (default: the method's; 1.0 for l2p "
-                          "as its released code, none for the others)",
+                          "and hide-prompt as their released code, none for the others)",
              "gpm_eps_start": "inflora: DualGPM threshold after task 1",
              "gpm_eps_end": "inflora: the threshold it rises to by the last task",
              "kd_residual": "sd-lora-kd: 'relative' (scale-free, Eqn. 7) or 'absolute' "
-                            "(Algorithm 1 line 11: unnormalised products)"}
+                            "(Algorithm 1 line 11: unnormalised products)",
+             "head_lr_scale": "head learning rate = lr x this (default: the method's; 0.1 for "
+                              "hide-prompt as its released code, 1 for the others)",
+             "hide_prompt_length": "hide-prompt: prefix key tokens (and as many value tokens) "
+                                   "of a task's prompt at each of blocks 0-4",
+             "hide_prompt_momentum": "hide-prompt: prompt ensemble weight m of the earlier "
+                                     "prompts' mean",
+             "hide_contrast_weight": "hide-prompt: weight of the contrastive term against "
+                                     "the stored class centroids",
+             "hide_centroids": "hide-prompt: k-means clusters per class in the statistics",
+             "hide_tii_epochs": "hide-prompt: epochs of the task-identity stage per task",
+             "hide_tii_lr": "hide-prompt: its Adam learning rate (default: lr / 60)",
+             "hide_ca_epochs": "hide-prompt: epochs of each classifier alignment",
+             "hide_ca_lr": "hide-prompt: the alignments' SGD learning rate (default: lr / 6)",
+             "hide_oracle_task": "hide-prompt, analysis only: give each test image its true "
+                                 "task's prompt instead of the inferred one"}
     for name, kind in _FLAGS.items():
         default = getattr(defaults, name)
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                       help=f"{helps.get(name, '')} (default: {default})".strip())
+        text = f"{helps.get(name, '')} (default: {default})".strip()
+        if kind is bool:  # a switch: given means True
+            p.add_argument("--" + name.replace("_", "-"), action="store_const", const=True,
+                           default=None, help=text)
+            continue
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
     p.add_argument("--preset", default=None,
                    help="one of the paper's experiments (`python -m sdlora presets`)")
     p.add_argument("--out", default=None, help="the run folder (exactly this path)")

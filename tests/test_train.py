@@ -119,13 +119,15 @@ def test_config_rejects_bad_values(kw, bad):
 
 
 def test_grad_clip_defaults_to_the_methods_own():
-    """L2P's released code clips the gradient norm at 1.0; no other method clips by default.
-    The saved config holds the value used, and a config saved before the setting existed ran
-    without a clip."""
+    """L2P's and HiDe-Prompt's released code clips the gradient norm at 1.0; no other method
+    clips by default. The saved config holds the value used, and a config saved before the
+    setting existed ran without a clip."""
     assert TrainConfig(method="l2p").grad_clip == 1.0
+    assert TrainConfig(method="hide-prompt").grad_clip == 1.0
     assert TrainConfig(method="l2p", grad_clip=None).grad_clip is None
     assert TrainConfig(method="l2p", grad_clip=5).grad_clip == 5
-    assert all(TrainConfig(method=m).grad_clip is None for m in METHODS if m != "l2p")
+    assert all(TrainConfig(method=m).grad_clip is None for m in METHODS
+               if m not in ("l2p", "hide-prompt"))
     saved = TrainConfig(method="l2p").to_dict()
     assert saved["grad_clip"] == 1.0 and TrainConfig.from_dict(saved).grad_clip == 1.0
     del saved["grad_clip"]

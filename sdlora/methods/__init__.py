@@ -15,6 +15,11 @@ inflora                  ``sdlora.methods.inflora``  baseline: k/v LoRA, A fixed
                                                      projection, only B trains (Liang & Li 2024)
 l2p                      ``sdlora.methods.l2p``      baseline: prompt pool chosen per image by
                                                      a frozen query (Wang et al. 2022)
+hide-prompt              ``sdlora.methods.           baseline: a task-identity stage on the
+                         hide_prompt``               frozen query picks each image's task
+                                                     prefix prompt; heads aligned on features
+                                                     sampled from class statistics (Wang et
+                                                     al. 2023)
 =======================  ==========================  ==========================================
 
 Shared parts for the baselines: ``prefix`` (prefix keys/values inside timm's attention),
@@ -39,6 +44,7 @@ _SPECIAL: dict[str, tuple[str, str]] = {
     "joint": ("sdlora.methods.joint", "Joint"),
     "inflora": ("sdlora.methods.inflora", "InfLoRA"),
     "l2p": ("sdlora.methods.l2p", "L2P"),
+    "hide-prompt": ("sdlora.methods.hide_prompt", "HiDePrompt"),
 }
 
 
