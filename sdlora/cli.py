@@ -233,6 +233,14 @@ def format_run(path: Path) -> str:
     if kd:
         lines.append("KD: " + ", ".join(f"residual {t['residual']:.2e} "
                                         f"{'absorbed' if t['absorbed'] else 'kept'}" for t in kd))
+    last = (m.get("task_info") or [{}])[-1]
+    identity = last.get("task_identity_accuracy") if isinstance(last, dict) else None
+    if isinstance(identity, list) and identity:  # a method that infers the task (hide-prompt)
+        oracle = " (evaluated with the oracle task)" if m.get("config", {}).get(
+            "hide_oracle_task") else ""
+        lines.append("task identity after the last task: " + " ".join(
+            f"{v:.1f}" for v in identity) + f"  (mean {sum(identity) / len(identity):.1f})"
+            + oracle)
     return "\n".join(lines)
 
 

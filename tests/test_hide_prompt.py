@@ -278,7 +278,9 @@ def test_cli_trains_hide_prompt_end_to_end(tmp_path, monkeypatch, capsys):
                      "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--quiet",
                      "--hide-tii-epochs", "4", "--hide-ca-epochs", "2", "--hide-centroids", "3",
                      "--out", str(out)])
-    assert code == 0 and "method hide-prompt" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert code == 0 and "method hide-prompt" in printed
+    assert "task identity after the last task: " in printed
     m = json.loads((out / "metrics.json").read_text())
     assert m["method"] == "hide-prompt" and len(m["accuracy_matrix"]) == 2
     assert (m["config"]["hide_tii_epochs"], m["config"]["hide_centroids"]) == (4, 3)
