@@ -10,8 +10,8 @@ The training loop (`sdlora.train`) is the same for every method. It calls, per t
    plus ``auxiliary_loss()`` when the method adds a term (e.g. a key-query pull), plus the
    optimiser that ``fuse_frozen()`` returns, if any. Otherwise ``fit_task(batches)`` sees the
    task's training data once (prototype methods: no gradient step at all).
-3. ``end_task()``: freeze, absorb, merge or keep what t learned; returns a dict recorded in
-   ``metrics.json``'s ``task_info``.
+3. ``end_task()``: freeze, absorb, merge, align or keep what t learned; returns a dict recorded
+   in ``metrics.json``'s ``task_info``.
 
 Checkpoints: ``checkpoint_tensors()`` and ``checkpoint_meta()`` are written after each task;
 ``load_checkpoint(tensors, meta)`` on a freshly built model of the same configuration restores
@@ -147,7 +147,9 @@ class ContinualMethod(nn.Module):
                      ) -> None:
         """Gradient methods only, after `begin_task` and before the first step: ``batches()``
         iterates the task's training data (images, task-local labels) in stored order, as often
-        as called (InfLoRA's input covariance before and after training). Default: nothing."""
+        as called (InfLoRA's input covariance before and after training; HiDe-Prompt's
+        task-identity stage before, its statistics and head alignment in `end_task`). Default:
+        nothing."""
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {}
