@@ -101,8 +101,11 @@ def label(path: str) -> str:
 
 
 def method_label(config: dict) -> str:
-    """A run's method as its pages name it: `joint` with the adapter it trains."""
+    """A run's method as its pages name it: `joint` with the adapter it trains; a hide-prompt run
+    evaluated with the true task (analysis only) says so."""
     method = config.get("method", "?")
+    if config.get("hide_oracle_task"):
+        return f"{method} (oracle task)"
     return f"{method} ({config.get('joint_adapter', 'lora')} adapter)" if method == "joint" else method
 
 

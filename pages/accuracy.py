@@ -17,7 +17,7 @@ st.markdown(
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sdlora.analysis import (accuracy_matrix_frame, accuracy_table, figures,  # noqa: E402
-                             seed_groups)
+                             seed_groups, task_identity_matrix)
 from sdlora.runs import RunFolder  # noqa: E402
 
 
@@ -44,6 +44,7 @@ def body() -> None:
     with right:
         ui.show(figures.forgetting_curves(R, "Each task's accuracy as later tasks arrive"),
                 None, "per_task_accuracy")
+    task_identity(run, m)
 
     st.subheader("Compare runs")
     finished = {p: m for p in paths if (m := RunFolder(p).metrics(required=False))}
@@ -73,6 +74,34 @@ def body() -> None:
                                  acc=float(np.mean(g["acc"])), aaa=float(np.mean(g["aaa"])))
                             for g in groups], columns=["group", "runs", "seeds", "acc", "aaa"])
     st.dataframe(summary, hide_index=True)
+
+
+def task_identity(run: RunFolder, m: dict) -> None:
+    """HiDe-Prompt's first stage: how often each task's test images got their own task."""
+    identity = task_identity_matrix(m)
+    if identity is None:
+        return
+    st.subheader("Task identity")
+    st.markdown(
+        "HiDe-Prompt first infers each test image's task (frozen ViT, residual MLP and a head "
+        "aligned on features sampled from class statistics), then uses that task's prompt. "
+        "Row *i*, column *j*: the share of task *j*'s test images given task *j* by the model "
+        "after task *i* (the released code's Acc@task). An image sent to another task's prompt "
+        "is rarely classified right, so this row bounds the accuracy row above.")
+    if m.get("config", {}).get("hide_oracle_task"):
+        st.warning("This run was evaluated with the oracle task (`hide_oracle_task`): every "
+                   "test image got its true task's prompt, so its accuracies are not "
+                   "class-incremental. The inferred tasks below were recorded all the same.")
+    last = identity[-1]
+    st.metric("Task identified (after the last task, mean over tasks)",
+              f"{sum(last) / len(last):.1f}%")
+    frame = accuracy_matrix_frame(identity)
+    left, right = st.columns(2)
+    with left:
+        ui.show(figures.accuracy_heatmap(identity, f"Task-identity accuracy: {run.id}"),
+                frame.reset_index(), "task_identity")
+    with right:
+        st.dataframe(frame.round(1))
 
 
 ui.guarded(body)

@@ -96,10 +96,13 @@ def per_run() -> None:
     if rows:
         table = pd.DataFrame(rows)
         st.caption("Table 5's columns first: GFLOPs per test image (the prompt methods, L2P, "
-                   "DualPrompt and CODA-Prompt, pay a second, frozen query pass: "
-                   "`forward_passes` 2), parameters learned on "
-                   "the last task besides the head, and parameters stored after it besides the "
-                   "pretrained backbone; then what the stored ones are.")
+                   "DualPrompt, CODA-Prompt and HiDe-Prompt, pay a second, frozen query pass: "
+                   "`forward_passes` 2), parameters learned on the last task besides the head, "
+                   "and parameters stored after it besides the pretrained backbone; then what "
+                   "the stored ones are. HiDe-Prompt's learned parameters are the task's prompt "
+                   "(as Table 5 counts them); its task-identity MLP and head are in "
+                   "`stored_head`, its class statistics (cluster means, variances, counts) in "
+                   "`stored_features`.")
         st.dataframe(table, hide_index=True, width="stretch")
         st.download_button("Table (CSV)", table.to_csv(index=False), file_name="efficiency.csv")
         with st.expander("Step time task by task in these runs' own logs (noisy)"):

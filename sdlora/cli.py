@@ -24,7 +24,11 @@ _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "var
           "l2p_variant": str, "prompt_pool": int, "prompt_length": int, "prompt_top_k": int,
           "pull_weight": float, "dualprompt_variant": str, "g_prompt_length": int,
           "ortho_weight": float, "gpm_eps_start": float, "gpm_eps_end": float,
-          "grad_clip": float}
+          "grad_clip": float, "head_lr_scale": float,
+          "hide_prompt_length": int, "hide_prompt_momentum": float,
+          "hide_contrast_weight": float, "hide_centroids": int, "hide_tii_epochs": int,
+          "hide_tii_lr": float, "hide_ca_lr": float, "hide_ca_epochs": int,
+          "hide_oracle_task": bool}
 
 
 def _train_parser(sub) -> None:
@@ -53,15 +57,35 @@ def _train_parser(sub) -> None:
              "ortho_weight": "coda-prompt: orthogonality penalty weight (released code 0.0; "
                              "the paper's 0.1)",
              "grad_clip": "clip the gradient norm to this (default: the method's; 1.0 for l2p "
-                          "and dualprompt as their released code, none for the others)",
+                          "dualprompt and hide-prompt as their released code, none for the "
+                          "others)",
              "gpm_eps_start": "inflora: DualGPM threshold after task 1",
              "gpm_eps_end": "inflora: the threshold it rises to by the last task",
              "kd_residual": "sd-lora-kd: 'relative' (scale-free, Eqn. 7) or 'absolute' "
-                            "(Algorithm 1 line 11: unnormalised products)"}
+                            "(Algorithm 1 line 11: unnormalised products)",
+             "head_lr_scale": "head learning rate = lr x this (default: the method's; 0.1 for "
+                              "hide-prompt as its released code, 1 for the others)",
+             "hide_prompt_length": "hide-prompt: prefix key tokens (and as many value tokens) "
+                                   "of a task's prompt at each of blocks 0-4",
+             "hide_prompt_momentum": "hide-prompt: prompt ensemble weight m of the earlier "
+                                     "prompts' mean",
+             "hide_contrast_weight": "hide-prompt: weight of the contrastive term against "
+                                     "the stored class centroids",
+             "hide_centroids": "hide-prompt: k-means clusters per class in the statistics",
+             "hide_tii_epochs": "hide-prompt: epochs of the task-identity stage per task",
+             "hide_tii_lr": "hide-prompt: its Adam learning rate (default: lr / 60)",
+             "hide_ca_epochs": "hide-prompt: epochs of each classifier alignment",
+             "hide_ca_lr": "hide-prompt: the alignments' SGD learning rate (default: lr / 6)",
+             "hide_oracle_task": "hide-prompt, analysis only: give each test image its true "
+                                 "task's prompt instead of the inferred one"}
     for name, kind in _FLAGS.items():
         default = getattr(defaults, name)
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                       help=f"{helps.get(name, '')} (default: {default})".strip())
+        text = f"{helps.get(name, '')} (default: {default})".strip()
+        if kind is bool:  # a switch: given means True
+            p.add_argument("--" + name.replace("_", "-"), action="store_const", const=True,
+                           default=None, help=text)
+            continue
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
     p.add_argument("--preset", default=None,
                    help="one of the paper's experiments (`python -m sdlora presets`)")
     p.add_argument("--out", default=None, help="the run folder (exactly this path)")
@@ -220,6 +244,14 @@ def format_run(path: Path) -> str:
     if kd:
         lines.append("KD: " + ", ".join(f"residual {t['residual']:.2e} "
                                         f"{'absorbed' if t['absorbed'] else 'kept'}" for t in kd))
+    last = (m.get("task_info") or [{}])[-1]
+    identity = last.get("task_identity_accuracy") if isinstance(last, dict) else None
+    if isinstance(identity, list) and identity:  # a method that infers the task (hide-prompt)
+        oracle = " (evaluated with the oracle task)" if m.get("config", {}).get(
+            "hide_oracle_task") else ""
+        lines.append("task identity after the last task: " + " ".join(
+            f"{v:.1f}" for v in identity) + f"  (mean {sum(identity) / len(identity):.1f})"
+            + oracle)
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@ from functools import lru_cache
 from typing import Any
 
 __all__ = ["TrainConfig", "METHODS", "JOINT_ADAPTERS", "L2P_VARIANTS", "DUALPROMPT_VARIANTS",
-           "PROMPT_SHAPES", "GRAD_CLIP_DEFAULTS", "PULL_WEIGHT_DEFAULTS", "ConfigError"]
+           "PROMPT_SHAPES", "GRAD_CLIP_DEFAULTS", "PULL_WEIGHT_DEFAULTS", "HEAD_LR_SCALE_DEFAULTS",
+           "HIDE_OPTIONS", "ConfigError"]
 
 # Method name -> one line of what it is (the table in sdlora.methods gives the behaviour).
 METHODS: dict[str, str] = {
@@ -37,6 +38,10 @@ METHODS: dict[str, str] = {
     "coda-prompt": "baseline: prefixes at blocks 0-4 assembled from a pool of components "
                    "weighted by the frozen query, new components orthogonal to earlier ones "
                    "(Smith et al. 2023)",
+    "hide-prompt": "baseline: a task-identity stage (frozen query, residual MLP, classifier "
+                   "aligned on features sampled from class statistics) picks each image's "
+                   "task prompt (prefix, blocks 0-4); the final head aligned the same way "
+                   "(Wang et al. 2023)",
 }
 
 # L2P's variants: (pool, length) defaults. 'l2p': prompt tokens after the class token, head on
@@ -55,19 +60,26 @@ PROMPT_SHAPES: dict[str, tuple[int | None, int]] = {"dualprompt": (None, 20),
                                                     "coda-prompt": (100, 8)}
 
 # Gradient-norm clip per method when `grad_clip` is not given: L2P's released code clips at 1.0
-# (google-research/l2p, and the PyTorch port's --clip-grad 1.0), as does DualPrompt's official
-# ImageNet-R config; every other method does not.
-GRAD_CLIP_DEFAULTS: dict[str, float | None] = {"l2p": 1.0, "dualprompt": 1.0}
+# (google-research/l2p, and the PyTorch port's --clip-grad 1.0), as do DualPrompt's official
+# ImageNet-R config and HiDe-Prompt's (thu-ml/HiDe-Prompt, --clip-grad 1.0 in both stages);
+# every other method does not.
+GRAD_CLIP_DEFAULTS: dict[str, float | None] = {"l2p": 1.0, "dualprompt": 1.0, "hide-prompt": 1.0}
 
 # Weight of the key-query pull when `pull_weight` is not given: L2P 0.1 (the PyTorch port and
 # PILOT), DualPrompt 1.0 (its official ImageNet-R config); 0.1 for the methods that have none.
 PULL_WEIGHT_DEFAULTS: dict[str, float] = {"dualprompt": 1.0}
 
+# Head learning rate relative to `lr` per method when `head_lr_scale` is not given (1.0 for the
+# methods not named): HiDe-Prompt's released runs use --larger_prompt_lr, the head at 0.1 x the
+# prompts' rate.
+HEAD_LR_SCALE_DEFAULTS: dict[str, float] = {"hide-prompt": 0.1}
+
 
 class _ByMethod:
-    """The default of `grad_clip` and `pull_weight`: resolved to the method's entry of
-    `GRAD_CLIP_DEFAULTS` (None if it has none) or `PULL_WEIGHT_DEFAULTS` (0.1) when the config
-    is made, so a saved config always holds the value used."""
+    """The default of `grad_clip`, `pull_weight` and `head_lr_scale`: resolved to the method's
+    entry of `GRAD_CLIP_DEFAULTS` (None if it has none), `PULL_WEIGHT_DEFAULTS` (0.1) or
+    `HEAD_LR_SCALE_DEFAULTS` (1.0) when the config is made, so a saved config always holds the
+    value used."""
 
     def __repr__(self) -> str:
         return "the method's default"
@@ -191,7 +203,9 @@ class TrainConfig:
     # tasks >= 2: start of the new alpha_t; None: magnitude_init, i.e. 1 as the paper's Finding 2
     # (the default). 0.0 was this project's default until 2026-11-30 (chosen on renditions20).
     new_magnitude_init: float | None = None
-    head_lr_scale: float = 1.0  # head learning rate = lr * head_lr_scale
+    # head learning rate = lr * head_lr_scale; by default the method's (HEAD_LR_SCALE_DEFAULTS:
+    # 0.1 for hide-prompt, as its released --larger_prompt_lr; else 1.0)
+    head_lr_scale: float = BY_METHOD
     residual_every: int = 10  # record the current direction's residual every N steps (0: never)
     # Baselines (sdlora.methods.l2p, .dualprompt, .coda_prompt, .inflora; InfLoRA's rank is
     # `rank`).
@@ -212,10 +226,21 @@ class TrainConfig:
     # 0.1 in the paper
     ortho_weight: float = 0.0
     # Clip the global gradient norm of what torch.optim steps to this value (None: no clip);
-    # by default the method's (GRAD_CLIP_DEFAULTS: 1.0 for l2p, as its released code; else None)
+    # by default the method's (GRAD_CLIP_DEFAULTS: 1.0 for l2p and hide-prompt, as their released
+    # code; else None)
     grad_clip: float | None = BY_METHOD
     gpm_eps_start: float = 0.98  # inflora: DualGPM energy threshold after the first task ...
     gpm_eps_end: float = 1.0  # ... rising linearly, eps_t = start + (end - start) * t / tasks
+    # hide-prompt (sdlora.methods.hide_prompt; released ImageNet-R values unless said)
+    hide_prompt_length: int = 20  # prefix key tokens (and as many value tokens) per block 0-4
+    hide_prompt_momentum: float = 0.01  # prompt ensemble: (1 - m) p_t + m mean(p_<t)
+    hide_contrast_weight: float = 0.5  # weight of the contrastive term against stored centroids
+    hide_centroids: int = 10  # k-means clusters per class in the stored statistics
+    hide_tii_epochs: int = 20  # epochs of the task-identity stage per task
+    hide_tii_lr: float | None = None  # its Adam rate (None: lr / 60, released 0.0005 : 0.03)
+    hide_ca_epochs: int = 30  # epochs of each classifier alignment on sampled features
+    hide_ca_lr: float | None = None  # its SGD rate (None: lr / 6, released 0.005 : 0.03)
+    hide_oracle_task: bool = False  # analysis only: test images get their true task's prompt
     device: str = "auto"  # 'auto', 'cpu' or 'cuda'
     eval_batch_size: int = 256
     extra: dict = field(default_factory=dict)  # free-form notes carried into the run folder
@@ -228,6 +253,8 @@ class TrainConfig:
             self.grad_clip = GRAD_CLIP_DEFAULTS.get(self.method)
         if self.pull_weight is BY_METHOD:
             self.pull_weight = PULL_WEIGHT_DEFAULTS.get(self.method, 0.1)
+        if self.head_lr_scale is BY_METHOD:
+            self.head_lr_scale = HEAD_LR_SCALE_DEFAULTS.get(self.method, 1.0)
         self.validate()
 
     def validate(self) -> None:
@@ -346,6 +373,38 @@ class TrainConfig:
                 raise ConfigError(f"prompt_length={length} is odd; CODA-Prompt splits a "
                                   f"component into equal key and value halves, so it must be "
                                   f"even")
+        self._validate_hide()
+
+    def _validate_hide(self) -> None:
+        for name in ("hide_prompt_length", "hide_centroids", "hide_tii_epochs",
+                     "hide_ca_epochs"):
+            _positive(name, getattr(self, name), integer=True)
+        for name in ("hide_tii_lr", "hide_ca_lr"):
+            if getattr(self, name) is not None:
+                _finite(name, getattr(self, name), optional=True)
+                _positive(name, getattr(self, name))
+        _finite("hide_prompt_momentum", self.hide_prompt_momentum)
+        if not 0 <= self.hide_prompt_momentum < 1:
+            raise ConfigError(f"hide_prompt_momentum={self.hide_prompt_momentum!r} is not "
+                              f"valid; it must be a number in [0, 1)")
+        _finite("hide_contrast_weight", self.hide_contrast_weight)
+        if self.hide_contrast_weight < 0:
+            raise ConfigError(f"hide_contrast_weight={self.hide_contrast_weight!r} is not "
+                              f"valid; it must be a number >= 0")
+        if not isinstance(self.hide_oracle_task, bool):
+            raise ConfigError(f"hide_oracle_task={self.hide_oracle_task!r} is not valid; "
+                              f"choose one of: True, False")
+        if self.method != "hide-prompt":
+            for name, default in HIDE_OPTIONS.items():
+                if getattr(self, name) != default:
+                    raise ConfigError(f"{name}={getattr(self, name)!r} applies to method "
+                                      f"'hide-prompt' only, not {self.method!r}")
+
+    def hide_rates(self) -> tuple[float, float]:
+        """hide-prompt's (task-identity Adam rate, classifier-alignment SGD rate): the options,
+        or `lr` in the released code's ratios (0.0005 and 0.005 to the prompts' 0.03)."""
+        return (self.hide_tii_lr if self.hide_tii_lr is not None else self.lr / 60,
+                self.hide_ca_lr if self.hide_ca_lr is not None else self.lr / 6)
 
     def prompt_shape(self) -> tuple[int, int]:
         """The prompt method's (pool, length): the options, or the method's defaults (l2p: the
@@ -393,3 +452,8 @@ class TrainConfig:
             return cls(**d)
         except TypeError as err:  # a wrong type compared or measured in validate()
             raise ConfigError(f"invalid configuration: {err}") from err
+
+
+# hide-prompt's options and their defaults (any other method refuses a changed one).
+HIDE_OPTIONS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)
+                                if f.name.startswith("hide_")}

@@ -118,17 +118,32 @@ def batches(data, batch_size: int, device: torch.device, order: torch.Tensor | N
 @torch.no_grad()
 def evaluate(model: ContinualMethod, split: TaskSplit, data, upto: int,
              device: torch.device, batch_size: int = 256, num_workers: int = 0,
-             amp: str = "none") -> list[float]:
-    """Accuracy (percent) on each task 0..upto's test data, argmax over every class seen."""
+             amp: str = "none", task_identity: list[float] | None = None) -> list[float]:
+    """Accuracy (percent) on each task 0..upto's test data, argmax over every class seen.
+
+    For a method that infers each image's task (``model.last_task_prediction`` set by its
+    forward pass: HiDe-Prompt), the share of task t's test images given task t is appended to
+    `task_identity` (percent, one entry per task), when a list is passed. A model with
+    ``oracle_task`` gets each image's true task (``forward(x, task_ids=...)``)."""
     model.eval()
     row = []
     for task in range(upto + 1):
         subset = split.task_data(data, task)
-        correct = 0
+        correct, identified, inferred = 0, 0, False
         for x, y in batches(subset, batch_size, torch.device(device), num_workers=num_workers):
             with _autocast(device, amp):
-                correct += (model(x).argmax(1) == y).sum().item()
+                if getattr(model, "oracle_task", False):
+                    logits = model(x, task_ids=torch.full((len(x),), task, device=x.device))
+                else:
+                    logits = model(x)
+                correct += (logits.argmax(1) == y).sum().item()
+            predicted = getattr(model, "last_task_prediction", None)
+            if predicted is not None:
+                inferred = True
+                identified += (predicted == task).sum().item()
         row.append(100.0 * correct / max(len(subset), 1))
+        if task_identity is not None and inferred:
+            task_identity.append(100.0 * identified / max(len(subset), 1))
     return row
 
 
@@ -293,8 +308,11 @@ def _train_claimed(run: RunFolder, config: TrainConfig, resuming: bool, progress
             record = _train_task(model, config, split, benchmark, task, generator, run, status,
                                  global_step, device, progress)
             global_step += steps_per_task[task]
+            identity: list[float] = []  # task-identity accuracy per task, if it infers one
             row = evaluate(model, split, benchmark.test, task, device, config.eval_batch_size,
-                           config.num_workers, config.amp)
+                           config.num_workers, config.amp, task_identity=identity)
+            if identity:
+                record["task_identity_accuracy"] = identity
             matrix.append(row)
             task_info.append(record)
             metrics = _metrics(config, benchmark, split, matrix, counts, task_info)

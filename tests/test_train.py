@@ -119,15 +119,16 @@ def test_config_rejects_bad_values(kw, bad):
 
 
 def test_grad_clip_defaults_to_the_methods_own():
-    """L2P's and DualPrompt's released codes clip the gradient norm at 1.0; no other method
-    clips by default. The saved config holds the value used, and a config saved before the
-    setting existed ran without a clip."""
+    """L2P's, DualPrompt's and HiDe-Prompt's released codes clip the gradient norm at 1.0; no
+    other method clips by default. The saved config holds the value used, and a config saved
+    before the setting existed ran without a clip."""
     assert TrainConfig(method="l2p").grad_clip == 1.0
     assert TrainConfig(method="dualprompt").grad_clip == 1.0
+    assert TrainConfig(method="hide-prompt").grad_clip == 1.0
     assert TrainConfig(method="l2p", grad_clip=None).grad_clip is None
     assert TrainConfig(method="l2p", grad_clip=5).grad_clip == 5
     assert all(TrainConfig(method=m).grad_clip is None for m in METHODS
-               if m not in ("l2p", "dualprompt"))
+               if m not in ("l2p", "dualprompt", "hide-prompt"))
     saved = TrainConfig(method="l2p").to_dict()
     assert saved["grad_clip"] == 1.0 and TrainConfig.from_dict(saved).grad_clip == 1.0
     del saved["grad_clip"]

@@ -18,6 +18,7 @@ from .core import (
     residuals_at_task_end,
     seed_groups,
     table5_row,
+    task_identity_matrix,
     task_specific_weights,
 )
 from .theory import matrix_factorisation_dynamics
@@ -38,6 +39,7 @@ __all__ = [
     "residuals_at_task_end",
     "seed_groups",
     "table5_row",
+    "task_identity_matrix",
     "task_specific_weights",
     "toy_landscape",
 ]

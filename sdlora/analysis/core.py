@@ -39,7 +39,7 @@ __all__ = [
     "absorption_table", "accuracy_matrix_frame", "accuracy_table", "cached", "efficiency",
     "interpolate", "magnitude_series", "magnitudes_at_task_end", "relative_distances",
     "residual_series", "residuals_at_task_end", "seed_groups", "table5_row",
-    "task_specific_weights",
+    "task_identity_matrix", "task_specific_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,16 @@ def accuracy_matrix_frame(matrix: list[list[float]]) -> pd.DataFrame:
                          index=[f"after T{i + 1}" for i in range(n)])
     frame.index.name = "model"
     return frame
+
+
+def task_identity_matrix(metrics: dict) -> list[list[float]] | None:
+    """For a method that infers each test image's task (HiDe-Prompt's first stage): row i is the
+    share (%) of each task's test images given their own task by the model after task i, as
+    `sdlora.train.evaluate` recorded it in ``task_info``; None for the other methods (or a run
+    that recorded none)."""
+    rows = [info.get("task_identity_accuracy") if isinstance(info, dict) else None
+            for info in metrics.get("task_info", [])]
+    return rows if rows and all(isinstance(r, list) for r in rows) else None
 
 
 def accuracy_table(runs: list[RunFolder]) -> pd.DataFrame:
@@ -423,9 +433,12 @@ def efficiency(run: RunFolder | str | Path) -> dict:
     Every method of `sdlora.methods`: ``learnable`` is what trains on the task besides the head
     (the LoRA family: the task's A, B and magnitudes; InfLoRA: the task's B, its A is fixed;
     L2P: the prompt pool and keys; DualPrompt: the G-prompt and the task's E-prompt and key;
-    CODA-Prompt: the task's components, as its checkpoint's ``trained`` names them);
-    ``stored_features`` what is kept besides weights (InfLoRA's
-    DualGPM bases, Table 5's 'stored features'); ``stored`` everything kept besides the
+    CODA-Prompt: the task's components, as its checkpoint's ``trained`` names them;
+    HiDe-Prompt: the task's prompt, as Table 5 counts it, though its task-identity MLP trains
+    on every task too); ``stored_features`` what is kept besides weights (InfLoRA's DualGPM
+    bases, HiDe-Prompt's class statistics: Table 5's 'stored features'); ``stored_head`` the
+    heads or prototypes (with HiDe-Prompt's task-identity MLP and head); ``stored`` everything
+    kept besides the
     pretrained backbone (adapter or prompts, head or prototypes, a trained backbone's copy,
     stored features); ``gflops_per_image`` what one test image costs,
     counting the frozen query pass of prompt methods (``forward_passes`` 2), which have no
@@ -463,11 +476,13 @@ def efficiency(run: RunFolder | str | Path) -> dict:
             learnable = sum(tensors[k].numel() for k in meta["trained"])
         elif config.method == "l2p":
             learnable = stored("prompt.")
+        elif config.method == "hide-prompt":  # the task's prompt (its TII MLP: stored_head)
+            learnable = tensors[f"prompt.task{t}"].numel()
         per_task.append(dict(task=t + 1, components=components, learnable=learnable,
                              stored_adapter=stored("adapter.", "prompt."),
-                             stored_head=stored("head.", "prototypes."),
+                             stored_head=stored("head.", "prototypes.", "tii."),
                              stored_backbone=stored("backbone."),
-                             stored_features=stored("gpm.")))
+                             stored_features=stored("gpm.", "stats.")))
     for row in per_task:
         if config.method == "full-ft":
             row["learnable"] = row["stored_backbone"]

@@ -2,27 +2,11 @@
 
 One module per method family; the training loop in `sdlora.train` is the same for all:
 
-==================  ==============================  ============================================
-methods             module                          what it is
-==================  ==============================  ============================================
-sd-lora, -rr, -kd,  ``sdlora.methods.lora``         one `QVAdapter` on the q/v slices of
-lora, ablations,                                    ``attn.qkv`` (Eqn. 4 and relatives), or
-full-ft, frozen                                     the whole backbone / nothing, + linear head
-simplecil           ``sdlora.methods.simplecil``    frozen backbone, cosine class-mean
-                                                    prototypes (Zhou et al. 2023)
-joint               ``sdlora.methods.joint``        upper bound: all classes as one task
-inflora             ``sdlora.methods.inflora``      baseline: k/v LoRA, A fixed by DualGPM
-                                                    projection, only B trains (Liang & Li 2024)
-l2p                 ``sdlora.methods.l2p``          baseline: prompt pool chosen per image by
-                                                    a frozen query (Wang et al. 2022)
-dualprompt          ``sdlora.methods.dualprompt``   baseline: a shared G-prefix and one E-prefix
-                                                    per task chosen per image by its key
-                                                    (Wang et al., ECCV 2022)
-coda-prompt         ``sdlora.methods.coda_prompt``  baseline: prefixes weighted per image from a
-                                                    pool of orthogonal components (Smith et al.
-                                                    2023)
-==================  ==============================  ============================================
-
+hide-prompt         ``sdlora.methods.hide_prompt``  baseline: a task-identity stage on the frozen
+                                                    query picks each image's task prefix prompt;
+                                                    heads aligned on features sampled from class
+                                                    statistics (Wang et al. 2023)
+==================  ==============================  =====================================
 Shared parts for the baselines: ``prefix`` (prefix keys/values inside timm's attention),
 ``prompt_tokens`` (prompts after the class token), ``query`` (the frozen query feature),
 ``qkv_slices`` (low-rank adapters on slices of ``attn.qkv``), ``covariance`` (input covariance).
@@ -47,6 +31,7 @@ _SPECIAL: dict[str, tuple[str, str]] = {
     "l2p": ("sdlora.methods.l2p", "L2P"),
     "dualprompt": ("sdlora.methods.dualprompt", "DualPrompt"),
     "coda-prompt": ("sdlora.methods.coda_prompt", "CODAPrompt"),
+    "hide-prompt": ("sdlora.methods.hide_prompt", "HiDePrompt"),
 }
 
 

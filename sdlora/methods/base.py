@@ -10,8 +10,8 @@ The training loop (`sdlora.train`) is the same for every method. It calls, per t
    plus ``auxiliary_loss()`` when the method adds a term (e.g. a key-query pull), plus the
    optimiser that ``fuse_frozen()`` returns, if any. Otherwise ``fit_task(batches)`` sees the
    task's training data once (prototype methods: no gradient step at all).
-3. ``end_task()``: freeze, absorb, merge or keep what t learned; returns a dict recorded in
-   ``metrics.json``'s ``task_info``.
+3. ``end_task()``: freeze, absorb, merge, align or keep what t learned; returns a dict recorded
+   in ``metrics.json``'s ``task_info``.
 
 Checkpoints: ``checkpoint_tensors()`` and ``checkpoint_meta()`` are written after each task;
 ``load_checkpoint(tensors, meta)`` on a freshly built model of the same configuration restores
@@ -20,6 +20,13 @@ costs exactly a plain ViT at inference, or raises `NotMergeable` with the reason
 
 ``adapter`` is the method's `sdlora.adapters.QVAdapter` where it has one (the LoRA family), else
 None: the magnitude and direction analyses read it.
+
+Task identity (methods that infer each test image's task, HiDe-Prompt): after every inference
+pass ``last_task_prediction`` holds the predicted task of each image (B,), and
+`sdlora.train.evaluate` records its accuracy per task (``task_info``'s
+``task_identity_accuracy``). ``oracle_task`` True (analysis only, never a default) makes
+`evaluate` pass each test image's true task to ``forward(x, task_ids=...)`` instead. Both are
+None / False for every other method.
 """
 from __future__ import annotations
 
@@ -111,6 +118,8 @@ class ContinualMethod(nn.Module):
 
     trains_by_gradient: bool = True  # False: `fit_task` instead of optimiser steps
     mergeable: bool = True  # False: `merged()` raises NotMergeable (no plain-ViT form)
+    oracle_task: bool = False  # True: `evaluate` hands forward each image's true task
+    last_task_prediction: torch.Tensor | None = None  # (B,) tasks inferred by the last pass
 
     def __init__(self, backbone: nn.Module, config: TrainConfig,
                  mean: tuple[float, ...], std: tuple[float, ...]) -> None:
@@ -138,7 +147,9 @@ class ContinualMethod(nn.Module):
                      ) -> None:
         """Gradient methods only, after `begin_task` and before the first step: ``batches()``
         iterates the task's training data (images, task-local labels) in stored order, as often
-        as called (InfLoRA's input covariance before and after training). Default: nothing."""
+        as called (InfLoRA's input covariance before and after training; HiDe-Prompt's
+        task-identity stage before, its statistics and head alignment in `end_task`). Default:
+        nothing."""
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {}
