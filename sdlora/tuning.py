@@ -46,34 +46,64 @@ def _label(config: TrainConfig) -> str:
     return label
 
 
+def search(grid: list[float], score, extend: int = 1) -> list[float]:
+    """Score every rate of `grid`; while the best is at an end, add one step of the grid's own
+    ratio beyond that end (at most `extend` times). Returns the grid as tried, ascending."""
+    grid = sorted(grid)
+    for lr in grid:
+        score(lr)
+    for _ in range(extend if len(grid) > 1 else 0):
+        best = max(grid, key=score)
+        if best == grid[0]:
+            grid.insert(0, float(f"{grid[0] ** 2 / grid[1]:.3g}"))
+            score(grid[0])
+        elif best == grid[-1]:
+            grid.append(float(f"{grid[-1] ** 2 / grid[-2]:.3g}"))
+            score(grid[-1])
+        else:
+            break
+    return grid
+
+
 def tune(config: TrainConfig, root: Path | str, grid: tuple[float, ...] | None = None,
-         seeds: tuple[int, ...] = (0,), train_kwargs: dict | None = None) -> dict:
+         seeds: tuple[int, ...] = (0,), train_kwargs: dict | None = None,
+         extend: int = 1) -> dict:
     """Train `config` at every lr of `grid` on the validation split; returns (and writes to
     ``root/<label>.json``) the grid, the validation Acc per lr (mean over `seeds`) and the
-    chosen lr."""
+    chosen lr. When the best rate is at an end of the grid, the grid grows by one step of its
+    own ratio beyond that end (at most `extend` times), so that the chosen rate is never an
+    untested edge: the same rule for every method."""
     from .train import train
 
     root = Path(root)
-    grid = tuple(grid or grid_for(config))
+    grid = sorted(grid or grid_for(config))
     label = _label(config)
     scores: dict[str, list[float]] = {}
-    for lr in grid:
-        for seed in seeds:
-            trial = replace(config, lr=lr, seed=seed, holdout="validation")
-            run = RunFolder(root / f"{label}-lr{lr:g}-s{seed}")
-            tasks = 1 if trial.method == "joint" else trial.tasks
-            if not run.exists():
-                train(trial, out=run.path, progress=False, **(train_kwargs or {}))
-            elif run.completed_tasks() < tasks:
-                train(resume=run.path, progress=False, **(train_kwargs or {}))
-            metrics = run.metrics()
-            scores.setdefault(f"{lr:g}", []).append(metrics["acc"])
-            log.info("%s lr %g seed %d: validation Acc %.2f", label, lr, seed, metrics["acc"])
-    means = {lr: float(np.mean(v)) for lr, v in scores.items()}
-    chosen = max(grid, key=lambda lr: means[f"{lr:g}"])
+
+    def score(lr: float) -> float:
+        if f"{lr:g}" not in scores:
+            for seed in seeds:
+                trial = replace(config, lr=lr, seed=seed, holdout="validation")
+                run = RunFolder(root / f"{label}-lr{lr:g}-s{seed}")
+                tasks = 1 if trial.method == "joint" else trial.tasks
+                if not run.exists():
+                    train(trial, out=run.path, progress=False, **(train_kwargs or {}))
+                elif run.completed_tasks() < tasks:
+                    train(resume=run.path, progress=False, **(train_kwargs or {}))
+                metrics = run.metrics()
+                scores.setdefault(f"{lr:g}", []).append(metrics["acc"])
+                log.info("%s lr %g seed %d: validation Acc %.2f", label, lr, seed,
+                         metrics["acc"])
+        return float(np.mean(scores[f"{lr:g}"]))
+
+    given = len(grid)
+    grid = search(grid, score, extend)
+    means = {f"{lr:g}": score(lr) for lr in grid}
+    chosen = max(grid, key=score)
     result = dict(method=config.method, label=label, grid=list(grid), seeds=list(seeds),
                   validation_acc=means, chosen_lr=chosen, val_fraction=config.val_fraction,
-                  benchmark=config.benchmark, tasks=config.tasks, epochs=config.epochs)
+                  benchmark=config.benchmark, tasks=config.tasks, epochs=config.epochs,
+                  extended=len(grid) - given)
     result["key"] = summary_key(config)
     atomic_write_json(root / f"{label}.json", result)
     return result

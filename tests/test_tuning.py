@@ -1,5 +1,6 @@
 """Hyperparameters are chosen on a validation split carved from the training data."""
 from dataclasses import replace
+import math
 
 import pytest
 import torch
@@ -40,7 +41,8 @@ def test_tune_picks_the_best_validation_lr_and_never_reads_test(tmp_path):
     poisoned = type(bench)(bench.name, bench.train, bench.test.with_labels(
         torch.full_like(bench.test.labels, 10_000)), bench.class_names)  # unusable labels
     config = TrainConfig(method="frozen", benchmark="digits", tasks=2, epochs=1, batch_size=8)
-    result = tune(config, tmp_path, grid=(1e-5, 0.03), train_kwargs=dict(benchmark=poisoned))
+    result = tune(config, tmp_path, grid=(1e-5, 0.03), train_kwargs=dict(benchmark=poisoned),
+                  extend=0)
     scores = result["validation_acc"]
     assert set(scores) == {"1e-05", "0.03"}
     assert result["chosen_lr"] == max((1e-5, 0.03), key=lambda lr: scores[f"{lr:g}"])
@@ -49,5 +51,29 @@ def test_tune_picks_the_best_validation_lr_and_never_reads_test(tmp_path):
     # a rate chosen on one benchmark is not used for another
     assert tuned_lr({result["key"]: result}, replace(config, benchmark="renditions20")) is None
     assert load_tuned(tmp_path / "missing.json") == {}
-    again = tune(config, tmp_path, grid=(1e-5, 0.03), train_kwargs=dict(benchmark=poisoned))
+    again = tune(config, tmp_path, grid=(1e-5, 0.03), train_kwargs=dict(benchmark=poisoned),
+                 extend=0)
     assert again["validation_acc"] == scores  # finished runs are reused, not retrained
+
+
+def test_search_extends_the_grid_past_a_winning_edge():
+    from sdlora.tuning import search
+
+    tried = []
+
+    def peak_at(best):
+        def score(lr):
+            tried.append(lr)
+            return -abs(math.log(lr / best))
+        return score
+
+    # the best of 0.002 / 0.008 / 0.03 is the low edge: one step of the grid's ratio below it
+    assert search([0.008, 0.002, 0.03], peak_at(0.0005)) == [0.0005, 0.002, 0.008, 0.03]
+    # still at the edge after one step: a second step only when allowed
+    assert search([0.002, 0.008, 0.03], peak_at(1e-5), extend=2)[:2] == [0.000125, 0.0005]
+    # at the high edge: one step up (0.03 * 0.03 / 0.008)
+    assert search([0.002, 0.008, 0.03], peak_at(1.0)) == [0.002, 0.008, 0.03, 0.112]
+    # a best rate inside the grid: nothing added
+    tried.clear()
+    assert search([0.002, 0.008, 0.03], peak_at(0.008)) == [0.002, 0.008, 0.03]
+    assert search([0.002, 0.008, 0.03], peak_at(0.002), extend=0) == [0.002, 0.008, 0.03]
