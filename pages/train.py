@@ -1,4 +1,7 @@
 """Train: queue runs outside the page, watch them live, cancel them."""
+from dataclasses import replace
+from pathlib import Path
+
 import streamlit as st
 
 import ui
@@ -9,7 +12,7 @@ st.title("Train")
 st.markdown(
     "Runs train in a separate worker process, one after another, so this page never blocks: "
     "switch pages or reload the browser and the progress is still here. The embedded "
-    "benchmark (20 classes, 5 tasks) takes a few minutes a run on a CPU. Start with "
+    "default (glyphs40: 40 classes, 5 tasks of 8) takes about three minutes a run on a CPU. Start with "
     "**vanilla LoRA vs SD-LoRA**: same settings, same seed, the stability-plasticity "
     "trade-off side by side.")
 
@@ -21,14 +24,19 @@ from sdlora.config import (BENCHMARK_BACKBONES, DEFAULT_BACKBONE, METHODS,  # no
 from sdlora.data import DataError, benchmark_names  # noqa: E402
 from sdlora.presets import PRESETS, preset_config  # noqa: E402
 from sdlora.train import load_data, split_for  # noqa: E402
+from sdlora.tuning import load_tuned, tuned_lr  # noqa: E402
+
+TUNED = Path(__file__).resolve().parent.parent / "results" / "tuned_lr.json"
 
 cuda = ui.cuda_device() is not None
 default = TrainConfig()
 with st.form("train"):
     preset = st.selectbox("Preset", ["(none: the settings below)"] + list(PRESETS),
                           help="One of the paper's experiments (ViT-B/16, its data set, epochs, "
-                               "optimiser). With a preset only method, seed, device and the "
-                               "data folder below are used.")
+                               "optimiser), or the embedded benchmark's own: glyphs40-5 (the "
+                               "default) and glyphs80-10 (80 classes, 10 tasks of 8). With a "
+                               "preset only method, seed, device and the data folder below are "
+                               "used.")
     c1, c2, c3 = st.columns(3)
     names = benchmark_names()
     benchmark = c1.selectbox("Benchmark", names, index=names.index(default.benchmark),
@@ -49,6 +57,11 @@ with st.form("train"):
     tasks = c2.number_input("Tasks", value=default.tasks, step=1)
     epochs = c2.number_input("Epochs per task", value=default.epochs, step=1)
     lr = c2.number_input("Learning rate", value=default.lr, format="%.4f", step=0.001)
+    use_tuned = c2.checkbox(
+        "Each method's validation-chosen rate", value=True,
+        help="Where scripts/tune_lr.py chose a learning rate for the method on this benchmark "
+             "(on a validation split of the training data, results/tuned_lr.json), use it "
+             "instead of the number above; the README's tables are trained that way.")
     rank = c3.number_input("Rank r", value=default.rank, step=1)
     seed = c3.number_input("Seed", value=0, step=1)
     device = c3.selectbox("Device", ["cuda", "cpu"] if cuda else ["cpu"],
@@ -67,6 +80,9 @@ def submit(methods: list[str]) -> None:
             configs = [TrainConfig(benchmark=benchmark, backbone=backbone, tasks=int(tasks),
                                    epochs=int(epochs), lr=float(lr), rank=int(rank),
                                    **{**common, "method": m}) for m in methods]
+            if use_tuned:
+                tuned = load_tuned(TUNED)
+                configs = [replace(c, lr=tuned_lr(tuned, c) or c.lr) for c in configs]
 
         split_for(configs[0], load_data(configs[0]))  # data present, task count possible
     except (ConfigError, DataError, ValueError) as err:
