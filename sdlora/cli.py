@@ -27,8 +27,8 @@ _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "var
           "grad_clip": float, "head_lr_scale": float,
           "hide_prompt_length": int, "hide_prompt_momentum": float,
           "hide_contrast_weight": float, "hide_centroids": int, "hide_tii_epochs": int,
-          "hide_tii_lr": float, "hide_ca_lr": float, "hide_ca_epochs": int,
-          "hide_oracle_task": bool}
+          "hide_tii_lr": float, "hide_ca_lr": float, "hide_tap_lr": float,
+          "hide_ca_epochs": int, "hide_oracle_task": bool}
 
 
 def _train_parser(sub) -> None:
@@ -54,8 +54,10 @@ def _train_parser(sub) -> None:
                                    "key per task) or 'coda' (CODA-Prompt's: L/2 + L/2, a key "
                                    "per layer; Table 5's size)",
              "g_prompt_length": "dualprompt: G-prompt length (default: 5; 6 for 'coda')",
-             "ortho_weight": "coda-prompt: orthogonality penalty weight (released code 0.0; "
-                             "the paper's 0.1)",
+             "ortho_weight": "coda-prompt: orthogonality penalty weight (0.0 as the released "
+                             "code now; 1e-7 reproduces the paper's runs, whose 0.1 carried "
+                             "the early code's hidden factor 1e-6; 0.1 here is 10^6 times "
+                             "stronger than what the paper ran)",
              "grad_clip": "clip the gradient norm to this (default: the method's; 1.0 for l2p "
                           "dualprompt and hide-prompt as their released code, none for the "
                           "others)",
@@ -75,7 +77,12 @@ def _train_parser(sub) -> None:
              "hide_tii_epochs": "hide-prompt: epochs of the task-identity stage per task",
              "hide_tii_lr": "hide-prompt: its Adam learning rate (default: lr / 60)",
              "hide_ca_epochs": "hide-prompt: epochs of each classifier alignment",
-             "hide_ca_lr": "hide-prompt: the alignments' SGD learning rate (default: lr / 6)",
+             "hide_ca_lr": "hide-prompt: SGD learning rate of the task-identity stage's "
+                           "classifier alignment (default: lr / 6; released 4.6875e-4 to the "
+                           "prompts' 0.0028125)",
+             "hide_tap_lr": "hide-prompt: SGD learning rate of the final head's (TAP) "
+                            "classifier alignment (default: lr x 0.005 / 0.0028125 = lr x 16 / "
+                            "9; released 0.005, not scaled by the batch)",
              "hide_oracle_task": "hide-prompt, analysis only: give each test image its true "
                                  "task's prompt instead of the inferred one"}
     for name, kind in _FLAGS.items():

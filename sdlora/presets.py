@@ -16,9 +16,11 @@ vit_base_patch16_224.orig_in21k_ft_in1k``, InfLoRA ``--lr 5e-4 --schedule cosine
 --backbone vit_base_patch16_224.augreg_in21k``. Table 5's sizes are CODA-Prompt's
 configurations: L2P++ (``--method l2p --l2p-variant l2p++``) and its DualPrompt
 (``--method dualprompt --dualprompt-variant coda``). HiDe-Prompt's released
-ImageNet-R runs (training_scripts/train_imr_vit.sh; rates already scaled by batch 24 / 256):
+ImageNet-R runs (training_scripts/train_imr_vit.sh; rates scaled by batch 24 / 256 as there,
+except the final head's alignment, whose ca_lr 0.005 the released stage 2 does not scale):
 ``--method hide-prompt --lr 0.0028125 --schedule cosine --epochs 150 --batch-size 24
---hide-tii-lr 4.6875e-5 --hide-ca-lr 4.6875e-4 --backbone vit_base_patch16_224.orig_in21k``.
+--hide-tii-lr 4.6875e-5 --hide-ca-lr 4.6875e-4 --hide-tap-lr 0.005
+--backbone vit_base_patch16_224.orig_in21k``.
 HiDe-Prompt is not in the paper's Table 6 (CIFAR-100, CUB-200).
 
 Two presets are the embedded CPU benchmark's own, with no paper numbers: ``glyphs40-5`` (the

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from sdlora import cli
 from sdlora.config import ConfigError, TrainConfig
 from sdlora.methods.hide_prompt import ClassStatistics, HiDePrompt, kmeans
+from sdlora.methods.query import query_features
 from sdlora.train import build_model, evaluate, load_model, split_for, task_generator, train
 
 from conftest import small_benchmark
@@ -40,13 +41,25 @@ def test_g5_a_sample_scores_and_gets_its_task_the_same_alone_and_in_a_mixed_batc
     bench, run = hide_run
     model = load_model(run, 1).eval()
     x = bench.test.images
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))]
+    # make the batch infer both tasks: the task-identity rows of class 0 (task 0) and class 2
+    # (task 1) point along the mapped query features of samples 0 and 1, every other class is
+    # out of reach; so (Cauchy-Schwarz) sample 0 gets task 0, sample 1 task 1, each other sample
+    # the one its features lean to
     with torch.no_grad():
-        mixed = model(x[order])
+        mapped = model.tii_mlp(query_features(model.backbone, model.normalise_input(x[:2])))
+        for t, layer in enumerate(model.tii_head.tasks):
+            layer.weight.zero_()
+            layer.bias.fill_(-1e4)
+            layer.weight[0] = F.normalize(mapped[t], dim=0)
+            layer.bias[0] = 0.0
+    assert not torch.allclose(model.prompts[0], model.prompts[1])  # a mix-up would show
+    with torch.no_grad():
+        mixed = model(x)
         tasks = model.last_task_prediction.clone()
-        assert set(tasks.tolist()) <= {0, 1}
+        assert tasks[:2].tolist() == [0, 1] and set(tasks.tolist()) == {0, 1}
         for j in range(len(x)):
-            alone = model(x[order[j]:order[j] + 1])
+            alone = model(x[j:j + 1])
             assert torch.allclose(alone, mixed[j:j + 1], atol=1e-5), j
             assert model.last_task_prediction.tolist() == [tasks[j].item()]
 
@@ -88,12 +101,22 @@ def test_g6_each_stage_changes_only_what_it_lists():
         optimiser = torch.optim.Adam([p for g in groups.values() for p in g], lr=1e-2)
         model.train()
         x, y = data[0]
+        model.zero_grad(set_to_none=True)  # the first stage leaves its last gradients
+        earlier = [model.prompts[t] for t in range(task)]
+        for p in earlier:  # for this check only: would the ensemble let gradient reach them?
+            p.requires_grad_(True)
         logits = model(x)[:, 2 * task:2 * task + 2]
         contrast = model.auxiliary_loss()
-        # the contrastive term reaches the prompt, not the frozen backbone
-        grad = torch.autograd.grad(contrast, model.prompts[task], retain_graph=True)[0]
-        assert grad.abs().sum() > 0
-        assert not any(p.requires_grad for p in model.backbone.parameters())
+        # the contrastive term alone reaches the task's prompt and nothing else: not the head
+        # (it is on the features), not the earlier prompts (detached in the ensemble), not the
+        # backbone
+        contrast.backward(retain_graph=True)
+        assert model.prompts[task].grad.abs().sum() > 0
+        assert [n for n, p in model.named_parameters() if p.grad is not None] == [
+            f"prompts.{task}"]
+        for p in earlier:
+            p.requires_grad_(False)
+        model.prompts[task].grad = None
         (F.cross_entropy(logits, y) + contrast).backward()
         optimiser.step()
         changed = _changed(model, before)
@@ -258,11 +281,55 @@ def test_options_are_validated_with_clear_errors():
     with pytest.raises(ConfigError, match="hide_centroids=5 applies to method 'hide-prompt' "
                                           "only, not 'l2p'"):
         _cfg(method="l2p", hide_centroids=5)
-    cfg = _cfg(lr=0.03)
+    for bad in (0, -0.1, float("nan"), float("inf"), "fast"):
+        with pytest.raises(ConfigError, match=re.escape(f"hide_tap_lr={bad!r} is not valid")):
+            _cfg(hide_tap_lr=bad)
+    with pytest.raises(ConfigError, match="hide_tap_lr=0.005 applies to method 'hide-prompt' "
+                                          "only, not 'l2p'"):
+        _cfg(method="l2p", hide_tap_lr=0.005)
+    cfg = _cfg(lr=0.0028125)  # the released ImageNet-R script's prompt rate (0.03 x 24 / 256)
     assert (cfg.head_lr_scale, cfg.grad_clip) == (0.1, 1.0)  # --larger_prompt_lr, clip 1.0
-    assert cfg.hide_rates() == pytest.approx((0.0005, 0.005))  # released ratios to lr 0.03
+    # task identity: 0.0005 and its alignment's ca_lr 0.005, both x 24 / 256; the final head's
+    # alignment: ca_lr 0.005, unscaled
+    assert cfg.hide_rates() == pytest.approx((4.6875e-5, 4.6875e-4, 0.005))
+    assert _cfg(lr=0.03).hide_rates() == pytest.approx((0.0005, 0.005, 0.03 * 16 / 9))
+    assert _cfg(hide_tii_lr=1e-4, hide_ca_lr=2e-4, hide_tap_lr=3e-4).hide_rates() == (
+        1e-4, 2e-4, 3e-4)
+    # a hide-prompt config saved before hide_tap_lr existed aligned its final head at the
+    # task-identity alignment's rate
+    old = dict(benchmark="digits", method="hide-prompt", tasks=2, lr=0.03)
+    assert TrainConfig.from_dict(old).hide_rates() == pytest.approx((0.0005, 0.005, 0.005))
+    assert TrainConfig.from_dict({**old, "hide_ca_lr": 1e-3}).hide_tap_lr == 1e-3
+    assert TrainConfig.from_dict({**old, "hide_tap_lr": None}).hide_tap_lr is None
+    assert TrainConfig.from_dict(_cfg().to_dict()) == _cfg()
     assert _cfg(method="l2p").head_lr_scale == 1.0
     assert TrainConfig.from_dict({"method": "lora"}).head_lr_scale == 1.0
+
+
+def test_each_alignment_runs_at_its_own_rate(monkeypatch):
+    """The task-identity alignment's SGD gets hide_ca_lr, the final head's (TAP) hide_tap_lr
+    (defaults lr / 6 and lr x 16 / 9, the released script's two ca_lr)."""
+    made = []
+
+    class Spy(torch.optim.SGD):
+        def __init__(self, params, **kw):
+            super().__init__(params, **kw)
+            made.append(({id(p) for g in self.param_groups for p in g["params"]},
+                         [g["lr"] for g in self.param_groups]))
+
+    monkeypatch.setattr(torch.optim, "SGD", Spy)
+    model = build_model(_cfg(lr=0.03, hide_tii_epochs=1, hide_ca_epochs=1))
+    gen = torch.Generator().manual_seed(0)
+    data = [(torch.rand(8, 3, 28, 28, generator=gen), torch.tensor([0, 1] * 4))]
+    for task in range(2):
+        model.begin_task(task, 2, task_generator(0, task))
+        model.prepare_task(lambda: data)
+        model.end_task()
+    tii = {id(p) for p in [*model.tii_mlp.parameters(), *model.tii_head.parameters()]}
+    tap = {id(p) for p in model.head.parameters()}
+    assert [ids for ids, _ in made] == [tii, tap]  # none on the first task; then TII, TAP
+    assert made[0][1] == pytest.approx([0.03 / 6])
+    assert made[1][1] == pytest.approx([0.03 * 0.005 / 0.0028125])
 
 
 def test_cli_trains_hide_prompt_end_to_end(tmp_path, monkeypatch, capsys):
@@ -277,13 +344,14 @@ def test_cli_trains_hide_prompt_end_to_end(tmp_path, monkeypatch, capsys):
     code = cli.main(["train", "--method", "hide-prompt", "--benchmark", "digits", "--tasks", "2",
                      "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--quiet",
                      "--hide-tii-epochs", "4", "--hide-ca-epochs", "2", "--hide-centroids", "3",
-                     "--out", str(out)])
+                     "--hide-tap-lr", "0.01", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0 and "method hide-prompt" in printed
     assert "task identity after the last task: " in printed
     m = json.loads((out / "metrics.json").read_text())
     assert m["method"] == "hide-prompt" and len(m["accuracy_matrix"]) == 2
     assert (m["config"]["hide_tii_epochs"], m["config"]["hide_centroids"]) == (4, 3)
+    assert (m["config"]["hide_tap_lr"], m["config"]["hide_ca_lr"]) == (0.01, None)
     assert not m["config"]["hide_oracle_task"] and m["config"]["head_lr_scale"] == 0.1
     assert [len(i["task_identity_accuracy"]) for i in m["task_info"]] == [1, 2]
     parser = argparse.ArgumentParser()

@@ -14,8 +14,9 @@ The backbone stays frozen. Three parts:
   cross-entropy of the current task's logits, gradient norm clipped at `grad_clip`; then each new
   class's frozen features are summarised by k-means (`hide_centroids` clusters, `kmeans`) as the
   mean and the diagonal variance of every cluster (`ClassStatistics`); from the second task on,
-  classifier alignment (`_align`): `hide_ca_epochs` epochs of SGD (momentum 0.9, cosine) on the
-  MLP and every seen class's row, on Gaussian features N(mean, diag(var) + 1e-4) drawn from the
+  classifier alignment (`_align`): `hide_ca_epochs` epochs of SGD (momentum 0.9, cosine; rate
+  `hide_ca_lr`, default lr / 6, released 0.005 x 24 / 256 to the prompts' 0.03 x 24 / 256) on
+  the MLP and every seen class's row, on Gaussian features N(mean, diag(var) + 1e-4) drawn from the
   centroids of every class seen; an epoch is one step per class of the earlier tasks, with
   `batch_size` features a step.
 * **Within-task prediction (WTP)**, the loop's gradient epochs. One prefix prompt per task at
@@ -32,7 +33,9 @@ The backbone stays frozen. Three parts:
   method) x the prompts' rate (released ``--larger_prompt_lr``).
 * **Task-adaptive prediction (TAP)**, in `end_task`: the statistics of the task's prompted
   features (its own prompt), and from the second task on the same alignment on the final head
-  (all seen rows; `5 x batch_size` features a step, as released).
+  (all seen rows; `5 x batch_size` features a step, as released) at its own rate `hide_tap_lr`
+  (default lr x 16 / 9: the released stage 2 aligns at ca_lr 0.005 unscaled by the batch, to
+  the prompts' 0.0028125).
 
 Inference: the query pass, the MLP and the TII head give each image's class and so its task;
 that task's prompt in the prompted pass; the final head's argmax over every class seen. Two ViT
@@ -361,7 +364,7 @@ class HiDePrompt(ContinualMethod):
         task's logits; the frozen features' statistics; the alignment from the second task on."""
         features, labels = self._features(batches, prompted=False)
         start = self.class_offset(self.task)
-        tii_lr, _ = self.config.hide_rates()
+        tii_lr, tii_ca_lr, _ = self.config.hide_rates()
         params = list(self.tii_mlp.parameters()) + list(self.tii_head.tasks[-1].parameters())
         size, losses = self.config.batch_size, []
         with self._stage(params):
@@ -386,24 +389,23 @@ class HiDePrompt(ContinualMethod):
         self.tii_stats.fit(features, labels, classes, self._generator)
         steps = self._align(self.tii_stats, lambda f: self.tii_head(self.tii_mlp(f)),
                             list(self.tii_mlp.parameters()) + list(self.tii_head.parameters()),
-                            self.config.batch_size)
+                            self.config.batch_size, tii_ca_lr)
         return dict(loss=round(losses[-1], 6), aligned_steps=steps)
 
     def _align(self, stats: ClassStatistics, logits: Callable[[torch.Tensor], torch.Tensor],
-               params: list[nn.Parameter], batch: int) -> int:
+               params: list[nn.Parameter], batch: int, lr: float) -> int:
         """Classifier alignment on features sampled from `stats` of every class seen (from the
-        second task on): SGD, momentum 0.9, cosine over the epochs; an epoch is one step per
-        class of the earlier tasks. Returns the steps taken."""
+        second task on): SGD at `lr`, momentum 0.9, cosine over the epochs; an epoch is one step
+        per class of the earlier tasks. Returns the steps taken."""
         if self.task == 0:
             return 0
-        _, ca_lr = self.config.hide_rates()
         seen, earlier = self.head.num_classes, self.class_offset(self.task)
         eligible = stats.eligible(seen)
         steps = 0
         was = self.training
         self.train()
         with self._stage(params):
-            optimiser = torch.optim.SGD(params, lr=ca_lr, momentum=ALIGN_MOMENTUM,
+            optimiser = torch.optim.SGD(params, lr=lr, momentum=ALIGN_MOMENTUM,
                                         weight_decay=0.0)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
                 optimiser, self.config.hide_ca_epochs)
@@ -444,7 +446,8 @@ class HiDePrompt(ContinualMethod):
             self.wtp_stats.fit(features, labels, range(start, self.head.num_classes),
                                self._generator)
             steps = self._align(self.wtp_stats, self.head, list(self.head.parameters()),
-                                TAP_BATCH_FACTOR * self.config.batch_size)
+                                TAP_BATCH_FACTOR * self.config.batch_size,
+                                self.config.hide_rates()[2])
             info["tap"] = dict(aligned_steps=steps)
             self._batches = None
         for layer in self.head.tasks:
