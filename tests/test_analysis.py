@@ -103,6 +103,28 @@ def test_interpolation_end_points_match_checkpoints(tiny_runs):
         interpolate(runs["lora"], 1, benchmark=bench)
 
 
+def test_within_task_accuracy_splits_acc_into_task_and_calibration(tiny_runs, tmp_path):
+    from sdlora.analysis import within_task_accuracy
+
+    runs, bench = tiny_runs
+    for run in runs.values():
+        frame = within_task_accuracy(run, benchmark=bench)
+        R = run.metrics()["accuracy_matrix"]
+        assert frame["class_il"].tolist() == pytest.approx(R[-1])  # what the run measured
+        # the task given, the argmax over fewer classes: never worse, and better somewhere
+        # for vanilla LoRA, whose old tasks' rows lose to the last task's
+        assert (frame["task_il"] >= frame["class_il"] - 1e-9).all()
+    assert (within_task_accuracy(runs["lora"], benchmark=bench)["task_il"]
+            > within_task_accuracy(runs["lora"], benchmark=bench)["class_il"]).any()
+    # a joint run is scored on the incremental protocol's tasks
+    joint = train(TrainConfig(method="joint", benchmark="digits", tasks=3, epochs=1,
+                              batch_size=12), out=tmp_path / "joint", progress=False,
+                  benchmark=bench)
+    frame = within_task_accuracy(joint, benchmark=bench)
+    assert len(frame) == 3 and frame["class_il"].mean() == pytest.approx(
+        joint.metrics()["accuracy_matrix"][-1][0])
+
+
 @pytest.mark.parametrize("method", ["inflora", "simplecil", "l2p"])
 def test_interpolation_of_other_methods_uses_their_plain_form(tmp_path, method):
     """InfLoRA and SimpleCIL end each task as a plain ViT: the line's ends reproduce the two

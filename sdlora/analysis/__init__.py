@@ -20,6 +20,7 @@ from .core import (
     table5_row,
     task_identity_matrix,
     task_specific_weights,
+    within_task_accuracy,
 )
 from .theory import matrix_factorisation_dynamics
 from .landscape import toy_landscape

@@ -39,7 +39,7 @@ __all__ = [
     "absorption_table", "accuracy_matrix_frame", "accuracy_table", "cached", "efficiency",
     "interpolate", "magnitude_series", "magnitudes_at_task_end", "relative_distances",
     "residual_series", "residuals_at_task_end", "seed_groups", "table5_row",
-    "task_identity_matrix", "task_specific_weights",
+    "task_identity_matrix", "task_specific_weights", "within_task_accuracy",
 ]
 
 log = logging.getLogger(__name__)
@@ -368,6 +368,46 @@ def interpolate(run: RunFolder | str | Path, task: int, points: int = INTERPOLAT
 
 
 # -- distances (Fig. 2a, Fig. 7) ---------------------------------------------------------------
+def within_task_accuracy(run: RunFolder | str | Path, device: str = "cpu",
+                         benchmark=None) -> pd.DataFrame:
+    """Where the accuracy of a finished run goes: for each task's test data, the final model's
+    accuracy with the argmax over every class seen (class-incremental, what Acc counts) and over
+    that task's own classes only (task-incremental: the task given). A large difference means
+    the classes are still told apart within each task but the tasks' logits are not on one
+    scale (the head learned each task's rows against that task only); a small one means the
+    features themselves lost the old tasks. A `joint` run is scored on the tasks of the
+    incremental protocol it bounds (the class order is the same permutation).
+    Columns: task (1-based), class_il, task_il, images."""
+    from ..data import make_task_split
+    from ..train import batches, load_data, load_model
+
+    run = _run(run)
+    config = TrainConfig.from_dict(run.config())
+    done = run.completed_tasks()
+    last = 1 if config.method == "joint" else config.tasks
+    if done < last:
+        raise ValueError(f"run {run.id} has {done} of {last} tasks finished; the analysis reads "
+                         f"the final model")
+    benchmark = benchmark or load_data(config)
+    seed = config.seed if config.class_order_seed is None else config.class_order_seed
+    split = make_task_split(benchmark.num_classes, config.tasks, seed)
+    model = load_model(run, done - 1, device).eval()
+    k = split.classes_per_task
+    rows = []
+    with torch.no_grad():
+        for task in range(config.tasks):
+            own = slice(task * k, (task + 1) * k)
+            data = split.task_data(benchmark.test, task)
+            class_il = task_il = 0
+            for x, y in batches(data, 512, torch.device(device)):
+                logits = model(x)
+                class_il += (logits.argmax(1) == y).sum().item()
+                task_il += (logits[:, own].argmax(1) + own.start == y).sum().item()
+            rows.append(dict(task=task + 1, class_il=100.0 * class_il / max(len(data), 1),
+                             task_il=100.0 * task_il / max(len(data), 1), images=len(data)))
+    return pd.DataFrame(rows)
+
+
 def task_specific_weights(config: TrainConfig, epochs: int | None = None, lr: float = 1e-4,
                           device: str = "cpu", benchmark=None,
                           progress: Callable[[float], None] | None = None,
