@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.runs import RunFolder  # noqa: E402
-from sdlora.train import load_data, train  # noqa: E402
+from sdlora.train import holdout_split, load_data, train  # noqa: E402
 
 
 def run_acc(bench=None, **overrides) -> tuple[float, float]:
@@ -29,7 +29,7 @@ def run_acc(bench=None, **overrides) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.time()
         run = train(cfg, out=f"{tmp}/run", progress=False,
-                    benchmark=bench if bench is not None else load_data(cfg))
+                    benchmark=holdout_split(cfg, bench) if bench is not None else load_data(cfg))
         return RunFolder(run.path).metrics()["acc"], time.time() - start
 
 
@@ -42,11 +42,15 @@ def main() -> None:
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--benchmark", default=d.benchmark)
-    p.add_argument("--backbone", default=d.backbone)
+    p.add_argument("--backbone", default=None, help="default: the benchmark's foundation model")
     p.add_argument("--weights", default=None)
     p.add_argument("--tasks", type=int, default=d.tasks)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--new-magnitude-init", type=float, default=None,
+                   help="start of a new alpha_t (default: the paper's 1; the README's design "
+                        "table was probed with 0)")
+    p.add_argument("--holdout", default="test", choices=["test", "validation"])
     p.add_argument("--joint-adapter", default="sd-lora", choices=["lora", "sd-lora", "full-ft"])
     p.add_argument("--methods", nargs="+", default=["simplecil", "joint", "sd-lora"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -58,8 +62,9 @@ def main() -> None:
     if args.bench_kwargs:
         from sdlora.data import BENCHMARKS
         bench = BENCHMARKS[args.benchmark](**json.loads(args.bench_kwargs))
-    common = dict(benchmark=args.benchmark, backbone=args.backbone, weights=args.weights,
-                  epochs=args.epochs, tasks=args.tasks, lr=args.lr)
+    common = dict(benchmark=args.benchmark, weights=args.weights, epochs=args.epochs,
+                  tasks=args.tasks, lr=args.lr, new_magnitude_init=args.new_magnitude_init,
+                  holdout=args.holdout, **({"backbone": args.backbone} if args.backbone else {}))
     rows: dict[str, list[float]] = {}
     for seed in args.seeds:
         for method in args.methods:
