@@ -30,6 +30,14 @@ REPO = Path(__file__).resolve().parent.parent
 SUMMARY = REPO / "results" / "tuned_lr.json"
 
 
+def show(summary: dict) -> None:
+    print("| method @ benchmark | validation Acc per learning rate (seed 0) | chosen |\n|---|---|---|")
+    for key, r in sorted(summary.items()):
+        cells = ", ".join(f"{lr}: {acc:.1f}" for lr, acc in sorted(
+            r["validation_acc"].items(), key=lambda kv: float(kv[0])))
+        print(f"| {key} | {cells} | {r['chosen_lr']:g} |")
+
+
 def main() -> None:
     trainable = [m for m in METHODS if method_class(m).trains_by_gradient]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -40,7 +48,13 @@ def main() -> None:
     parser.add_argument("--root", default=None,
                         help="run folders (default cache/benchmark/<benchmark>/tuning)")
     parser.add_argument("--summary", default=str(SUMMARY))
+    parser.add_argument("--show", action="store_true",
+                        help="print the summary as a markdown table (validation Acc per rate) "
+                             "and train nothing")
     args = parser.parse_args()
+    if args.show:
+        show(load_tuned(args.summary))
+        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = args.root or REPO / "cache" / "benchmark" / args.benchmark / "tuning"
     configs = []
