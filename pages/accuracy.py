@@ -16,8 +16,8 @@ st.markdown(
 # After the first paint: these imports load torch (seconds on a fresh server).
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sdlora.analysis import (accuracy_matrix_frame, accuracy_table, figures,  # noqa: E402
-                             seed_groups, task_identity_matrix)
+from sdlora.analysis import (accuracy_matrix_frame, accuracy_table, cached,  # noqa: E402
+                             figures, seed_groups, task_identity_matrix, within_task_accuracy)
 from sdlora.runs import RunFolder  # noqa: E402
 
 
@@ -45,6 +45,7 @@ def body() -> None:
         ui.show(figures.forgetting_curves(R, "Each task's accuracy as later tasks arrive"),
                 None, "per_task_accuracy")
     task_identity(run, m)
+    within_task(run, m)
 
     st.subheader("Compare runs")
     finished = {p: m for p in paths if (m := RunFolder(p).metrics(required=False))}
@@ -74,6 +75,32 @@ def body() -> None:
                                  acc=float(np.mean(g["acc"])), aaa=float(np.mean(g["aaa"])))
                             for g in groups], columns=["group", "runs", "seeds", "acc", "aaa"])
     st.dataframe(summary, hide_index=True)
+
+
+def within_task(run: RunFolder, m: dict) -> None:
+    """Acc split into what the features lost and what the tasks' heads lose against each other."""
+    if m["tasks_done"] < m["tasks"]:
+        return
+    st.subheader("Where the accuracy goes")
+    st.markdown(
+        "Each task's test images scored by the final model twice: with the argmax over **every "
+        "class seen** (what Acc counts) and over **the task's own classes** only (the task "
+        "given). Where the second is high and the first low, the features still tell the "
+        "classes apart, but the tasks' head rows are not on one scale: from the second task on "
+        "the loss sees only the current task's logits (the paper's protocol), so no row is ever "
+        "weighed against another task's. Where both are low, the backbone itself forgot.")
+    name = "within_task_accuracy"
+    if not (run.analyses_dir / f"{name}.json").exists() and not st.button(
+            "Compute (one pass of the final model over the test set)", key="within-task"):
+        return
+    with st.spinner("Evaluating the final model ..."):
+        records = cached(run, name, lambda: within_task_accuracy(run).to_dict("records"))
+    frame = pd.DataFrame(records)
+    cols = st.columns(2)
+    cols[0].metric("Mean over tasks, all classes seen", f"{frame['class_il'].mean():.1f}%")
+    cols[1].metric("Mean over tasks, the task given", f"{frame['task_il'].mean():.1f}%")
+    ui.show(figures.within_task_figure(frame, f"Task given or not: {run.id}"), frame,
+            "within_task")
 
 
 def task_identity(run: RunFolder, m: dict) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdlora.analysis import (cached, efficiency, interpolate, magnitude_series,  # noqa: E402
-                             residuals_at_task_end)
+                             residuals_at_task_end, within_task_accuracy)
 from sdlora.analysis.core import INTERPOLATION_POINTS  # noqa: E402
 from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.methods import method_class  # noqa: E402
@@ -86,6 +86,8 @@ def main() -> None:
             elif run.completed_tasks() < tasks:
                 train(resume=run.path, progress=False)
             cached(run, "efficiency", lambda: efficiency(run))
+            cached(run, "within_task_accuracy",
+                   lambda: within_task_accuracy(run).to_dict("records"))
             if method_class(method).mergeable and tasks > 1:
                 last = config.tasks + 1 if name in ALL_BOUNDARIES else 3
                 for task in range(2, last):

@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from sdlora.analysis import cached, interpolate
 from sdlora.config import TrainConfig
-from sdlora.runs import atomic_write_json
+from sdlora.runs import RunFolder, atomic_write_json
 from sdlora.train import train
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -103,6 +103,26 @@ def test_widgets_change_without_errors(demo_cache, monkeypatch):
     assert not at.exception and _charts(at) == 2
     at = _open_with_run("magnitudes", demo_cache / "runs" / "demo-lora")
     assert any("no magnitudes" in i.value for i in at.info)
+
+
+def test_accuracy_page_splits_acc_by_task_given(demo_cache, monkeypatch, tmp_path):
+    import shutil
+
+    from sdlora.analysis import cached, within_task_accuracy
+    from tests.conftest import small_benchmark
+
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache, cache)
+    monkeypatch.setenv("SDLORA_CACHE", str(cache))
+    run = RunFolder(cache / "runs" / "demo-lora")
+    at = _open_with_run("accuracy", run.path)
+    assert any(b.label.startswith("Compute") for b in at.button)  # nothing evaluated unasked
+    assert not any("task given" in m.label for m in at.metric)
+    cached(run, "within_task_accuracy", lambda: within_task_accuracy(
+        run, benchmark=small_benchmark(classes=4)).to_dict("records"))
+    at = _open_with_run("accuracy", run.path)
+    labels = [m.label for m in at.metric]
+    assert "Mean over tasks, the task given" in labels and not at.exception
 
 
 def test_train_form_refuses_bad_input(tmp_path, monkeypatch):

@@ -107,6 +107,21 @@ def forgetting_curves(matrix: list[list[float]], title: str = "Per-task accuracy
                    yaxis_range=[0, 100])
 
 
+def within_task_figure(frame: pd.DataFrame, title: str) -> go.Figure:
+    """Each task's final accuracy over every class seen (Acc's) and with the task given
+    (`sdlora.analysis.within_task_accuracy`): the gap between the bars is what the tasks'
+    heads lose by not being on one scale."""
+    fig = go.Figure()
+    for column, name, colour in (("class_il", "all classes seen (as Acc counts)", "#d62728"),
+                                 ("task_il", "the task given (its own classes only)", "#1f77b4")):
+        fig.add_trace(go.Bar(x=[f"task {t}" for t in frame["task"]], y=frame[column], name=name,
+                             marker_color=colour,
+                             hovertemplate="%{x}: %{y:.1f}%<extra>" + name + "</extra>"))
+    fig.update_layout(barmode="group")
+    return _layout(fig, title, "task", "final accuracy on the task's test data (%)",
+                   yaxis_range=[0, 100])
+
+
 def mean_curve_figure(curves: dict[str, np.ndarray], title: str) -> go.Figure:
     """Mean +- standard error over seeds of per-task curves: {method: array (seeds, tasks)}."""
     fig = go.Figure()
