@@ -1,7 +1,4 @@
 """Train: queue runs outside the page, watch them live, cancel them."""
-from dataclasses import replace
-from pathlib import Path
-
 import streamlit as st
 
 import ui
@@ -17,6 +14,9 @@ st.markdown(
     "trade-off side by side.")
 
 # After the first paint: these imports load torch (seconds on a fresh server).
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 from sdlora import jobs  # noqa: E402
 from sdlora.backbone import BACKBONES  # noqa: E402
 from sdlora.config import (BENCHMARK_BACKBONES, DEFAULT_BACKBONE, METHODS,  # noqa: E402
