@@ -33,3 +33,21 @@ def small_benchmark(per_class_train: int = 12, per_class_test: int = 6, classes:
 @pytest.fixture
 def tiny_benchmark() -> Benchmark:
     return small_benchmark()
+
+
+def one_step_changes(model, params, x, y, task: int, classes: int = 2) -> set[str]:
+    """Names of the state-dict tensors that one Adam step on `params` changes: cross-entropy
+    over task `task`'s logits (`classes` a task) plus the method's auxiliary loss, as the
+    training loop takes it."""
+    import torch.nn.functional as F
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimiser = torch.optim.Adam(params, lr=1e-2)
+    model.train()
+    loss = F.cross_entropy(model(x)[:, classes * task:classes * (task + 1)], y)
+    if model.auxiliary_loss() is not None:
+        loss = loss + model.auxiliary_loss()
+    loss.backward()
+    optimiser.step()
+    after = model.state_dict()
+    return {k for k in before if not torch.equal(before[k], after[k])}

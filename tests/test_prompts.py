@@ -17,7 +17,7 @@ from sdlora.methods.dualprompt import DualPrompt
 from sdlora.methods.query import query_features
 from sdlora.train import build_model, load_model, task_generator, train
 
-from conftest import small_benchmark
+from conftest import one_step_changes, small_benchmark
 
 VARIANTS = {"dualprompt": dict(method="dualprompt"),
             "dualprompt-coda": dict(method="dualprompt", dualprompt_variant="coda"),
@@ -86,16 +86,7 @@ def test_g6_only_the_listed_parameters_train_and_change(name):
             else {f"keys.{task}", f"attention.{task}", f"prompts.{task}"})
         assert _names(model, params) == expected
         assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        optimiser = torch.optim.Adam(params, lr=1e-2)
-        model.train()
-        loss = F.cross_entropy(model(x)[:, 2 * task:2 * task + 2], y)
-        if model.auxiliary_loss() is not None:
-            loss = loss + model.auxiliary_loss()
-        loss.backward()
-        optimiser.step()
-        after = model.state_dict()
-        changed = {k for k in before if not torch.equal(before[k], after[k])}
+        changed = one_step_changes(model, params, x, y, task)
         assert changed == expected  # every listed tensor moved, nothing else (task 0's frozen)
         model.end_task()
 
