@@ -55,6 +55,35 @@ st.markdown(
     "**Train** and compare them on **Accuracy** (the joint run is the dashed level); the "
     "README's results give the measured numbers with their significance.")
 
+st.subheader("Measured results")
+from sdlora.tables import TableError, display_rows, load_table, results_dir  # noqa: E402
+
+tables = sorted(results_dir().glob("table_*.json"),
+                key=lambda p: (p.stem != "table_glyphs40", p.stem))  # the default first
+if not tables:
+    st.info("No measured table yet: `python scripts/results_table.py` trains every method on "
+            "the default benchmark and writes results/table_glyphs40.json.")
+for path, tab in zip(tables, st.tabs([p.stem.removeprefix("table_") for p in tables])):
+    with tab:
+        try:
+            data = load_table(path)
+        except TableError as e:
+            st.warning(f"This table cannot be shown: {e}")
+            continue
+        st.dataframe(display_rows(data), hide_index=True, width="stretch")
+        missing = data.get("missing") or []
+        st.caption(
+            f"Every method on `{data.get('benchmark', path.stem)}` ({data.get('tasks', '?')} "
+            f"tasks, {data.get('epochs', '?')} epochs a task), mean ± standard error over the "
+            "seeds listed; each learning rate chosen on a validation split of the training "
+            "data (scripts/tune_lr.py), never on the test set. **Acc**: accuracy on all classes "
+            "after the last task; **AAA**: the mean of the accuracies after each task; "
+            "**forgetting**: how far each task fell from its best. The last column is a paired "
+            "t-test against SD-LoRA over the same seeds (a seed fixes the class order for "
+            "every method). Regenerate with `python scripts/results_table.py`."
+            + (f" {len(missing)} runs were not finished when it was written." if missing
+               else ""))
+
 st.subheader("Runs")
 table = ui.run_table()
 if table.empty:

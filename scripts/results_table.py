@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sdlora.config import METHODS, TrainConfig  # noqa: E402
 from sdlora.methods import method_class  # noqa: E402
 from sdlora.runs import RunFolder, atomic_write_json  # noqa: E402
+from sdlora.tables import display_rows, paired_test  # noqa: E402
 from sdlora.train import train  # noqa: E402
 from sdlora.tuning import load_tuned, tuned_lr  # noqa: E402
 
@@ -47,32 +48,6 @@ SD_LORA_FAMILY = {"sd-lora-rr", "sd-lora-kd", "fixed-first-direction", "single-d
 REFERENCE = "sd-lora"
 # Extra rows (method, overrides, label) run beside the methods named, when their method is.
 EXTRA: list = []
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-
-
-def fmt(values: list[float]) -> str:
-    m, se = mean_se(values)
-    return f"{m:.1f} ± {se:.1f}"
-
-
-def paired_test(a: list[float], b: list[float]) -> dict:
-    """Paired t-test of a - b over seeds: mean difference, p-value, and the verdict at 0.05."""
-    from scipy import stats
-
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if len(diff) < 2:
-        return dict(diff=float(diff.mean()), p=float("nan"), verdict="one seed: no test")
-    if np.allclose(diff, diff[0]):  # constant difference: the t statistic is undefined
-        p = 0.0 if diff[0] != 0 else 1.0
-    else:
-        p = float(stats.ttest_rel(a, b).pvalue)
-    verdict = ("no significant difference" if p >= 0.05
-               else "higher" if diff.mean() > 0 else "lower")
-    return dict(diff=float(diff.mean()), p=p, verdict=verdict)
 
 
 def parse_settings(pairs: list[str]) -> dict:
@@ -233,8 +208,6 @@ def main() -> None:
     ref_label = next((j["label"] for j in jobs if j["reference"]), None)
     ref = {r["seed"]: r["acc"] for r in results.get(ref_label, [])}
     rows = []
-    print("| method | lr (validation) | Acc | AAA | forgetting | Acc vs SD-LoRA (paired t, "
-          "seeds) |\n|---|---|---|---|---|---|")
     for job in jobs:
         rs = results.get(job["label"])
         if not rs:
@@ -244,16 +217,15 @@ def main() -> None:
         test = None
         if ref_label and job["label"] != ref_label and all(s in ref for s in seeds):
             test = paired_test(acc, [ref[s] for s in seeds])
-        lr = "—" if job["method"] == "simplecil" else (
-            f"{job['lr']:g}" + ("" if job["lr_source"] == "tuned" else f" ({job['lr_source']})"))
-        versus = "" if test is None else (f"{test['diff']:+.1f}, p = {test['p']:.3f}: "
-                                          f"{test['verdict']}")
-        print(f"| {job['label']} | {lr} | {fmt(acc)} | {fmt([r['aaa'] for r in rs])} | "
-              f"{fmt([r['forgetting'] for r in rs])} | {versus} |")
         rows.append(dict(label=job["label"], method=job["method"], lr=job["lr"],
                          lr_source=job["lr_source"], seeds=seeds, acc=acc,
                          aaa=[r["aaa"] for r in rs], forgetting=[r["forgetting"] for r in rs],
                          versus_sd_lora=test))
+    shown = display_rows(dict(rows=rows))
+    if shown:
+        print("| " + " | ".join(shown[0]) + " |\n|" + "---|" * len(shown[0]))
+        for row in shown:
+            print("| " + " | ".join(row.values()) + " |")
     d = TrainConfig(benchmark=args.benchmark, **({} if args.epochs is None
                                                    else dict(epochs=args.epochs)))
     tuned_any = any(j["lr_source"] != "not tuned" for j in jobs)

@@ -181,7 +181,7 @@ def test_pages_with_damaged_runs_present(page, damaged_cache, monkeypatch):
     for name, (_, _, what) in DAMAGED.items():
         assert name in said and what in said, said  # listed as damaged, with what is wrong
     if page == "overview":
-        table = at.dataframe[0].value
+        table = next(d.value for d in at.dataframe if "id" in d.value)  # the runs, not results
         assert set(DAMAGED) | {"demo-lora", "demo-sd-lora"} <= set(table["id"])
         states = dict(zip(table["id"], table["state"]))
         assert all(states[n].startswith("damaged: ") for n in DAMAGED)
@@ -246,3 +246,22 @@ def test_efficiency_table_has_table5_columns_for_the_baselines(baseline_cache, m
     for row in (l2p, simplecil):
         assert row["stored_params"] == (row["stored_adapter"] + row["stored_head"]
                                         + row["stored_backbone_copy"] + row["stored_features"])
+
+
+def test_overview_shows_the_measured_tables(tmp_path, monkeypatch):
+    import shutil
+
+    from sdlora.tables import load_table
+
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(Path(APP).parent / "results" / "table_glyphs40.json", results)
+    (results / "table_broken.json").write_text("{not json")
+    monkeypatch.setenv("SDLORA_RESULTS", str(results))
+    monkeypatch.setenv("SDLORA_CACHE", str(tmp_path / "empty"))
+    at = _open("overview")
+    assert not at.exception
+    shown = at.dataframe[0].value  # the default benchmark's tab comes first
+    rows = load_table(results / "table_glyphs40.json")["rows"]
+    assert list(shown["method"]) == [r["label"] for r in rows]
+    assert any("table_broken.json" in w.value for w in at.warning)  # named, page still drawn

@@ -1,5 +1,6 @@
 """scripts/results_table.py: the per-pair significance test and the learning rate each row uses."""
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -18,7 +19,9 @@ def table():
     return module
 
 
-def test_paired_t_test_by_hand(table):
+def test_paired_t_test_by_hand():
+    from sdlora import tables as table
+
     # differences 1, 2, 3: mean 2, sd 1, t = 2 / (1 / sqrt 3) = 3.464 with 2 degrees of freedom,
     # two-sided p = 0.0742 (t-table): not significant at 0.05
     out = table.paired_test([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
@@ -53,3 +56,35 @@ def test_rows_use_the_validation_chosen_rate(table, tmp_path):
     # a rate chosen on glyphs40 is not used on renditions20
     args.benchmark = "renditions20"
     assert {j["lr_source"] for j in table.build_jobs(args, tuned)} == {"not tuned"}
+
+
+def test_table_rows_as_shown_and_damaged_tables_named(tmp_path):
+    from sdlora.tables import TableError, display_rows, load_table
+
+    def row(label, method, acc, **kw):
+        return {**dict(label=label, method=method, lr=0.002, lr_source="tuned",
+                       seeds=list(range(len(acc))), acc=acc, aaa=acc,
+                       forgetting=[1.0] * len(acc)), **kw}
+
+    table = dict(rows=[row("simplecil", "simplecil", [30.0, 32.0, 34.0]),
+                       row("no-rescale", "no-rescale", [40.0], lr_source="sd-lora's"),
+                       row("lora", "lora", [20.0, 21.0, 25.0],
+                           versus_sd_lora=dict(diff=-6.0, p=0.0214, verdict="lower"))])
+    path = tmp_path / "table_x.json"
+    path.write_text(json.dumps(table))
+    simple, one, lora = display_rows(load_table(path))
+    # mean 32, sample sd 2, standard error 2 / sqrt(3) = 1.15
+    assert simple["Acc"] == "32.0 ± 1.2" and simple["lr (validation)"] == "—"
+    assert one["Acc"] == "40.0" and one["lr (validation)"] == "0.002 (sd-lora's)"
+    assert lora["Acc vs SD-LoRA (paired t)"] == "-6.0, p = 0.021: lower"
+    assert lora["seeds"] == "0 1 2"
+    for text, says in [("{", "not a readable JSON"), ('{"rows": 3}', "no list of 'rows'"),
+                       ('{"rows": [{"label": "a"}]}', "row 0 lacks"),
+                       (json.dumps(dict(rows=[dict(row("a", "a", [1.0, 2.0]), seeds=[0])])),
+                        "unequal")]:
+        path.write_text(text)
+        with pytest.raises(TableError, match=says) as e:
+            load_table(path)
+        assert "table_x.json" in str(e.value)
+    with pytest.raises(TableError, match="does not exist"):
+        load_table(tmp_path / "none.json")
