@@ -172,7 +172,8 @@ def test_gpu_check_inputs_load_through_the_real_paths(tmp_path, monkeypatch):
     assert len(set(bench.train.labels.tolist()) | set(bench.test.labels.tolist())) == 200
 
 
-@pytest.mark.parametrize("method", ["inflora", "l2p", "hide-prompt"])
+@pytest.mark.parametrize("method", ["inflora", "l2p", "dualprompt", "coda-prompt",
+                                    "hide-prompt"])
 def test_baselines_train_through_a_preset_with_local_weights(tmp_path, method):
     """A preset's path for the baselines: ImageNet-R folder, local weights file, the timm tag's
     224-pixel input; stopped after the first task (one step of batch 128)."""
@@ -203,10 +204,11 @@ def test_baselines_train_through_a_preset_with_local_weights(tmp_path, method):
               on_task_end=stop)
     model = load_model(tmp_path / "run", 0)
     assert model.head.num_classes == 10 and type(model).__name__ == {
-        "inflora": "InfLoRA", "l2p": "L2P", "hide-prompt": "HiDePrompt"}[method]
+        "inflora": "InfLoRA", "l2p": "L2P", "dualprompt": "DualPrompt",
+        "coda-prompt": "CODAPrompt", "hide-prompt": "HiDePrompt"}[method]
     from safetensors.torch import load_file
     saved = load_file(str(weights))["blocks.0.attn.qkv.weight"]
-    if method in ("l2p", "hide-prompt"):  # frozen backbone: the local weights as loaded
+    if method != "inflora":  # prompt methods: a frozen backbone: the local weights as loaded
         assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, saved)
     else:  # InfLoRA merged task 1's B A into the k and v rows only
         q = slice(0, 192)
