@@ -90,6 +90,7 @@ def display_rows(data: dict) -> list[dict[str, str]]:
         test = row.get("versus_sd_lora")
         versus = "" if not test else (
             f"{test['diff']:+.1f}" + ("" if test["p"] != test["p"]  # nan: one seed
+                                      else ", p < 0.001" if test["p"] < 0.001
                                       else f", p = {test['p']:.3f}") + f": {test['verdict']}")
         out.append({"method": row["label"], "lr (validation)": lr,
                     "seeds": " ".join(str(s) for s in row["seeds"]),

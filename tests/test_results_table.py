@@ -69,15 +69,18 @@ def test_table_rows_as_shown_and_damaged_tables_named(tmp_path):
     table = dict(rows=[row("simplecil", "simplecil", [30.0, 32.0, 34.0]),
                        row("no-rescale", "no-rescale", [40.0], lr_source="sd-lora's"),
                        row("lora", "lora", [20.0, 21.0, 25.0],
-                           versus_sd_lora=dict(diff=-6.0, p=0.0214, verdict="lower"))])
+                           versus_sd_lora=dict(diff=-6.0, p=0.0214, verdict="lower")),
+                       row("full-ft", "full-ft", [10.0, 11.0],
+                           versus_sd_lora=dict(diff=-26.0, p=2e-5, verdict="lower"))])
     path = tmp_path / "table_x.json"
     path.write_text(json.dumps(table))
-    simple, one, lora = display_rows(load_table(path))
+    simple, one, lora, full = display_rows(load_table(path))
     # mean 32, sample sd 2, standard error 2 / sqrt(3) = 1.15
     assert simple["Acc"] == "32.0 ± 1.2" and simple["lr (validation)"] == "—"
     assert one["Acc"] == "40.0" and one["lr (validation)"] == "0.002 (sd-lora's)"
     assert lora["Acc vs SD-LoRA (paired t)"] == "-6.0, p = 0.021: lower"
     assert lora["seeds"] == "0 1 2"
+    assert full["Acc vs SD-LoRA (paired t)"] == "-26.0, p < 0.001: lower"
     for text, says in [("{", "not a readable JSON"), ('{"rows": 3}', "no list of 'rows'"),
                        ('{"rows": [{"label": "a"}]}', "row 0 lacks"),
                        (json.dumps(dict(rows=[dict(row("a", "a", [1.0, 2.0]), seeds=[0])])),
