@@ -56,13 +56,15 @@ st.markdown(
     "README's results give the measured numbers with their significance.")
 
 st.subheader("Measured results")
+from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.tables import TableError, display_rows, load_table, results_dir  # noqa: E402
 
+DEFAULT_TABLE = f"table_{TrainConfig().benchmark}"
 tables = sorted(results_dir().glob("table_*.json"),
-                key=lambda p: (p.stem != "table_glyphs40", p.stem))  # the default first
+                key=lambda p: (p.stem != DEFAULT_TABLE, p.stem))  # the default first
 if not tables:
     st.info("No measured table yet: `python scripts/results_table.py` trains every method on "
-            "the default benchmark and writes results/table_glyphs40.json.")
+            f"the default benchmark and writes results/{DEFAULT_TABLE}.json.")
 for path, tab in zip(tables, st.tabs([p.stem.removeprefix("table_") for p in tables])):
     with tab:
         try:

@@ -214,7 +214,6 @@ def test_every_figure_builder_returns_expected_traces(tiny_runs):
     split = pd.DataFrame(dict(task=[1, 2], class_il=[40.0, 60.0], task_il=[80.0, 90.0]))
     bars = figures.within_task_figure(split, "t").data
     assert [list(b.y) for b in bars] == [[40.0, 60.0], [80.0, 90.0]]
-    import pandas as pd
     frame = pd.DataFrame(dict(**{"lambda": [0, 1]}, old=[50, 40], new=[0, 90]))
     assert len(figures.interpolation_figure({"a": frame, "b": frame}, 2).data) == 4
     theorem = matrix_factorisation_dynamics(iterations=50)
