@@ -8,10 +8,11 @@ projection. This script measures, on the embedded default:
    any optimiser step) with alpha_t = 1 and with alpha_t = 0;
 2. the final Acc / AAA of whole runs with `new_magnitude_init` 1.0 and 0.0.
 
-    python scripts/magnitude_start.py [--seeds 0 1 2] [--benchmark glyphs40] [--epochs N]
+    python scripts/magnitude_start.py [--seeds 0 1 2] [--benchmark glyphs40] [--epochs N] [--lr LR]
 
-(The README's figures are from `--benchmark renditions20 --epochs 5`, the default until
-2026-11-30; runs land under cache/benchmark/<benchmark>/magnitude_start.)
+(The README gives both: `--benchmark renditions20 --epochs 5`, the default until 2026-11-30,
+at lr 0.008, and glyphs40 at `--lr 0.002`, SD-LoRA's rate chosen on its validation split; runs
+land under cache/benchmark/<benchmark>/magnitude_start, named with the rate when --lr is given.)
 """
 from __future__ import annotations
 
@@ -37,10 +38,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--benchmark", default=TrainConfig().benchmark)
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default the config's, 0.008)")
     parser.add_argument("--root", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     common = dict(benchmark=args.benchmark, epochs=args.epochs)
+    tag = ""
+    if args.lr is not None:
+        common["lr"], tag = args.lr, f"-lr{args.lr:g}"
     args.root = args.root or f"cache/benchmark/{args.benchmark}/magnitude_start"
     bench = load_benchmark(args.benchmark, image_size=image_size(TrainConfig(**common).backbone))
     cpu = torch.device("cpu")
@@ -48,7 +54,7 @@ def main() -> None:
     finals = {1.0: [], 0.0: []}
     for seed in args.seeds:
         for start in (0.0, 1.0):
-            name = f"sd-lora-s{seed}" if start == 0.0 else f"sd-lora-alpha1-s{seed}"
+            name = f"sd-lora{tag}-s{seed}" if start == 0.0 else f"sd-lora-alpha1{tag}-s{seed}"
             run = RunFolder(Path(args.root) / name)
             config = TrainConfig(method="sd-lora", seed=seed, new_magnitude_init=start, **common)
             if not run.exists():

@@ -8,7 +8,10 @@ Each method trains at the learning rate that `scripts/tune_lr.py` chose for it o
 split of the training data (the file given by --tuned; the test split never chooses anything).
 SD-LoRA's ablations and variants use SD-LoRA's chosen rate (they change one part of SD-LoRA and
 keep its settings, as the paper's Table 4 does); a method without a tuned rate runs at the
-config's default and its row says "not tuned".
+config's default and its row says "not tuned". `--tuned-from BENCHMARK` takes the rates chosen
+on another benchmark's validation split instead (the 10-task preset `glyphs80-10` runs at the
+rates chosen on glyphs40: `--benchmark glyphs80 --set tasks=10 --tuned-from glyphs40`); each
+row then says where its rate came from.
 
 Runs that already finished under --root are reused (delete the folder to recompute); an
 interrupted run is resumed. `--shard i/n` trains only every n-th job (start one process per
@@ -74,19 +77,24 @@ def build_jobs(args, tuned: dict) -> list[dict]:
         settings["epochs"] = args.epochs
     base = replace(base, **settings)
 
+    tuned_from = getattr(args, "tuned_from", None)
+
     def lr_of(config: TrainConfig) -> tuple[float, str]:
+        where = "" if tuned_from is None else f" on {tuned_from}"
+        if tuned_from is not None:
+            config = replace(config, benchmark=tuned_from)
         own = tuned_lr(tuned, config)
         if own is not None:
-            return own, "tuned"
+            return own, "tuned" + where
         if config.method in SD_LORA_FAMILY:
             ref = tuned_lr(tuned, replace(config, method=REFERENCE, variant="paper"))
             if ref is not None:
-                return ref, "sd-lora's"
+                return ref, "sd-lora's" + where
         if config.method == "sd-lora" and config.variant != "paper":
             ref = tuned_lr(tuned, replace(config, variant="paper"))
             if ref is not None:
-                return ref, "sd-lora's"
-        return config.lr, "not tuned"
+                return ref, "sd-lora's" + where
+        return base.lr, "not tuned"
 
     specs = []
     for method in args.methods:
@@ -159,6 +167,9 @@ def main() -> None:
                         choices=["lora", "sd-lora", "full-ft"])
     parser.add_argument("--tuned", default=str(REPO / "results" / "tuned_lr.json"),
                         help="learning rates chosen on validation (scripts/tune_lr.py)")
+    parser.add_argument("--tuned-from", default=None, metavar="BENCHMARK",
+                        help="use the rates chosen on this benchmark's validation split (e.g. "
+                             "glyphs40 for the 10-task preset on glyphs80)")
     parser.add_argument("--root", default=None,
                         help="run folders (default cache/benchmark/<benchmark>)")
     parser.add_argument("--shard", default="0/1",
@@ -181,6 +192,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.root or REPO / "cache" / "benchmark" / args.benchmark)
     tuned = load_tuned(args.tuned)
+    if args.tuned_from is not None and not any(k.endswith(f"@{args.tuned_from}") for k in tuned):
+        known = sorted({k.split("@", 1)[1] for k in tuned})
+        parser.error(f"--tuned-from {args.tuned_from!r}: {args.tuned} has no rate chosen on it; "
+                     f"benchmarks with chosen rates: {', '.join(known) or 'none'}")
     jobs = build_jobs(args, tuned)
     results: dict[str, list[dict]] = {}
     missing = []
@@ -224,16 +239,17 @@ def main() -> None:
         print("| " + " | ".join(shown[0]) + " |\n|" + "---|" * len(shown[0]))
         for row in shown:
             print("| " + " | ".join(row.values()) + " |")
-    d = TrainConfig(benchmark=args.benchmark, **({} if args.epochs is None
-                                                   else dict(epochs=args.epochs)))
+    d = replace(TrainConfig(benchmark=args.benchmark), **parse_settings(args.set),
+                **({} if args.epochs is None else dict(epochs=args.epochs)))
     tuned_any = any(j["lr_source"] != "not tuned" for j in jobs)
     print(f"\nmean ± standard error over seeds {args.seeds}; {args.benchmark} ({d.backbone}, "
           f"{d.tasks} tasks, {d.epochs} epochs, Adam, batch {d.batch_size}); "
           + ("learning rates chosen on a validation split of the training data "
              "(scripts/tune_lr.py) unless the row says otherwise." if tuned_any else
              "no learning rate tuned on this benchmark (the config's default for every row)."))
+    suffix = "" if d.tasks == TrainConfig(benchmark=args.benchmark).tasks else f"-{d.tasks}"
     out = args.json or (None if missing else
-                        str(REPO / "results" / f"table_{args.benchmark}.json"))
+                        str(REPO / "results" / f"table_{args.benchmark}{suffix}.json"))
     if out:
         atomic_write_json(Path(out), dict(benchmark=args.benchmark, seeds=args.seeds,
                                           tasks=d.tasks, epochs=d.epochs, rows=rows,

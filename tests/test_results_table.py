@@ -56,6 +56,14 @@ def test_rows_use_the_validation_chosen_rate(table, tmp_path):
     # a rate chosen on glyphs40 is not used on renditions20
     args.benchmark = "renditions20"
     assert {j["lr_source"] for j in table.build_jobs(args, tuned)} == {"not tuned"}
+    # ... unless asked for (the 10-task preset on glyphs80 takes glyphs40's rates), and the
+    # rows and run names say so
+    args.benchmark, args.tuned_from, args.set = "glyphs80", "glyphs40", ["tasks=10"]
+    jobs = {j["label"]: j for j in table.build_jobs(args, tuned)}
+    assert (jobs["sd-lora"]["lr"], jobs["sd-lora"]["lr_source"]) == (0.03, "tuned on glyphs40")
+    assert jobs["no-rescale"]["lr_source"] == "sd-lora's on glyphs40"
+    assert jobs["lora"]["lr_source"] == "not tuned"
+    assert jobs["sd-lora"]["name"] == "sd-lora-tasks10-lr0.03"
 
 
 def test_table_rows_as_shown_and_damaged_tables_named(tmp_path):
