@@ -75,10 +75,13 @@ for path, tab in zip(tables, st.tabs([p.stem.removeprefix("table_") for p in tab
         st.dataframe(display_rows(data), hide_index=True, width="stretch")
         missing = data.get("missing") or []
         st.caption(
-            f"Every method on `{data.get('benchmark', path.stem)}` ({data.get('tasks', '?')} "
-            f"tasks, {data.get('epochs', '?')} epochs a task), mean ± standard error over the "
-            "seeds listed; each learning rate chosen on a validation split of the training "
-            "data (scripts/tune_lr.py), never on the test set. **Acc**: accuracy on all classes "
+            f"{len(data['rows'])} methods on `{data.get('benchmark', path.stem)}` "
+            f"({data.get('tasks', '?')} tasks, {data.get('epochs', '?')} epochs a task), mean ± "
+            "standard error over the seeds listed. A learning rate without a note was chosen on "
+            "a validation split of this benchmark's training data (scripts/tune_lr.py), never "
+            "on the test set; a note says where else it came from (SD-LoRA's rate, another "
+            "benchmark's validation split, or the config's default: *not tuned*). **Acc**: "
+            "accuracy on all classes "
             "after the last task; **AAA**: the mean of the accuracies after each task; "
             "**forgetting**: how far each task fell from its best. The last column is a paired "
             "t-test against SD-LoRA over the same seeds (a seed fixes the class order for "
