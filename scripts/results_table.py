@@ -31,12 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sdlora import argcheck  # noqa: E402
+from sdlora.argcheck import parse_settings  # noqa: E402
 from sdlora.config import METHODS, TrainConfig  # noqa: E402
 from sdlora.methods import method_class  # noqa: E402
 from sdlora.runs import RunFolder, atomic_write_json  # noqa: E402
 from sdlora.tables import display_rows, paired_test  # noqa: E402
 from sdlora.train import train  # noqa: E402
-from sdlora.tuning import load_tuned, tuned_lr  # noqa: E402
+from sdlora.tuning import tuned_lr  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ORDER = ["simplecil", "frozen", "full-ft", "lora", "sd-lora", "sd-lora-rr", "sd-lora-kd",
@@ -49,24 +51,6 @@ SD_LORA_FAMILY = {"sd-lora-rr", "sd-lora-kd", "fixed-first-direction", "single-d
 REFERENCE = "sd-lora"
 # Extra rows (method, overrides, label) run beside the methods named, when their method is.
 EXTRA: list = []
-
-
-def parse_settings(pairs: list[str]) -> dict:
-    """KEY=VALUE pairs as TrainConfig values of the field's type (a bad one names the field)."""
-    import dataclasses
-
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    defaults = TrainConfig()
-    out = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"--set {pair!r} is not valid; give KEY=VALUE with KEY a TrainConfig "
-                             f"field, e.g. new_magnitude_init=0")
-        current = getattr(defaults, key)
-        kind = type(current) if current is not None else float
-        out[key] = None if text == "None" else kind(text)
-    return out
 
 
 def build_jobs(args, tuned: dict) -> list[dict]:
@@ -189,14 +173,22 @@ def main() -> None:
         assert 0 <= shard < shards
     except (ValueError, AssertionError):
         parser.error(f"--shard {args.shard!r} is not valid; give i/n with 0 <= i < n, e.g. 0/2")
+    # every bad value is one error line before anything trains (the table's file included)
+    argcheck.settings(parser, args.set, benchmark=args.benchmark,
+                      **({} if args.epochs is None else dict(epochs=args.epochs)))
+    argcheck.seeds(parser, args.seeds)
+    if args.json:
+        argcheck.output_file(parser, args.json, "--json")
+    tuned = argcheck.tuned_file(parser, args.tuned, "--tuned")
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.root or REPO / "cache" / "benchmark" / args.benchmark)
-    tuned = load_tuned(args.tuned)
+    if not args.no_train:
+        argcheck.output_folder(parser, root, "--root")
     if args.tuned_from is not None and not any(k.endswith(f"@{args.tuned_from}") for k in tuned):
         known = sorted({k.split("@", 1)[1] for k in tuned})
         parser.error(f"--tuned-from {args.tuned_from!r}: {args.tuned} has no rate chosen on it; "
                      f"benchmarks with chosen rates: {', '.join(known) or 'none'}")
-    jobs = build_jobs(args, tuned)
+    jobs = argcheck.checked(parser, build_jobs, args, tuned)
     results: dict[str, list[dict]] = {}
     missing = []
     index = 0

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sdlora.config import METHODS, TrainConfig  # noqa: E402
+from sdlora import argcheck  # noqa: E402
+from sdlora.config import JOINT_ADAPTERS, METHODS, TrainConfig  # noqa: E402
 from sdlora.methods import method_class  # noqa: E402
 from sdlora.runs import atomic_write_json  # noqa: E402
 from sdlora.tuning import load_tuned, tune  # noqa: E402
@@ -42,7 +43,8 @@ def main() -> None:
     trainable = [m for m in METHODS if method_class(m).trains_by_gradient]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=trainable, choices=trainable)
-    parser.add_argument("--joint-adapters", nargs="+", default=["lora", "sd-lora"])
+    parser.add_argument("--joint-adapters", nargs="+", default=["lora", "sd-lora"],
+                        choices=JOINT_ADAPTERS)
     parser.add_argument("--benchmark", default=TrainConfig().benchmark)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--root", default=None,
@@ -53,10 +55,16 @@ def main() -> None:
                              "and train nothing")
     args = parser.parse_args()
     if args.show:
-        show(load_tuned(args.summary))
+        show(argcheck.tuned_file(parser, args.summary, "--summary"))
         return
+    # bad values, an unreadable summary or a folder it cannot write: one error line, up front
+    argcheck.config(parser, benchmark=args.benchmark)
+    argcheck.seeds(parser, args.seeds)
+    argcheck.tuned_file(parser, args.summary, "--summary", required=False)
+    argcheck.output_file(parser, args.summary, "--summary")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = args.root or REPO / "cache" / "benchmark" / args.benchmark / "tuning"
+    argcheck.output_folder(parser, root, "--root")
     configs = []
     for method in args.methods:
         if method == "joint":
