@@ -71,9 +71,14 @@ def _run_table(root: str) -> pd.DataFrame:
         try:
             rows.append(run.summary() | {"path": str(run.path)})
         except Exception as err:  # noqa: BLE001 - one damaged run never hides the others
-            what = str(err) if isinstance(err, RunError) else f"{type(err).__name__}: {err}"
-            rows.append(dict(id=run.id, state=f"damaged: {what}", path=str(run.path)))
+            rows.append(dict(id=run.id, state=f"damaged: {what_is_wrong(err)}",
+                             path=str(run.path)))
     return pd.DataFrame(rows, columns=_COLUMNS)
+
+
+def what_is_wrong(err: Exception) -> str:
+    """A damaged run's problem in one line: a RunError names the file, anything else its kind."""
+    return str(err) if isinstance(err, RunError) else f"{type(err).__name__}: {err}"
 
 
 _COLUMNS = ["id", "method", "benchmark", "seed", "tasks", "done", "state", "acc", "aaa", "path"]
@@ -165,15 +170,20 @@ def _default_index(paths: list[str]) -> int:
     return ours[0] if ours else (sorted(demo_sd, key=lambda i: paths[i])[0] if demo_sd else 0)
 
 
+class DamagedSelection(Exception):
+    """The run chosen in the sidebar is damaged; the message says what is wrong with it."""
+
+
 def selected_run() -> RunFolder | None:
-    """The run chosen in the sidebar; for a damaged one, what is wrong, and the page stops."""
+    """The run chosen in the sidebar; for a damaged one, DamagedSelection, which `guarded`
+    shows as what is wrong in place of the page body (not st.stop: the sidebar's picker is
+    drawn after the page, and keeps the damaged run selected)."""
     paths = runs_with_results()
     path = st.session_state.get(SELECTED_RUN)
     damaged = damaged_runs()
     if path is not None and path in damaged:
-        st.error(f"Run {Path(path).name} cannot be shown: {damaged[path]}. The other runs are "
-                 f"in the sidebar.")
-        st.stop()  # the rest of the page needs a readable run
+        raise DamagedSelection(f"Run {Path(path).name} cannot be shown: {damaged[path]}. The "
+                               f"other runs are in the sidebar.")
     if not paths:
         return None
     return RunFolder(path if path in paths else paths[_default_index(paths)])
@@ -220,6 +230,8 @@ def guarded(fn):
     """Run a page body; turn any error into a message instead of a traceback."""
     try:
         fn()
+    except DamagedSelection as err:
+        st.error(str(err))
     except RunError as err:
         st.error(f"This run folder cannot be read: {err}")
     except (ValueError, FileNotFoundError) as err:

@@ -201,6 +201,53 @@ def test_pages_with_a_damaged_run_selected(page, name, damaged_cache, monkeypatc
         assert DAMAGED[name][2] in errors, errors  # the page names what is wrong
 
 
+@pytest.mark.parametrize("page, name", [("accuracy", "bad-config"),
+                                        ("directions", "bad-metrics")])
+def test_a_damaged_run_selected_keeps_the_sidebar_picker(page, name, damaged_cache, monkeypatch):
+    """The page says the other runs are in the sidebar: the picker is there, with the damaged
+    run still chosen (and marked), on this run of the page and the next (issue 23, item 10)."""
+    monkeypatch.setenv("SDLORA_CACHE", str(damaged_cache))
+    path = str(damaged_cache / "runs" / name)
+    at = _open_with_run(page, damaged_cache / "runs" / name)
+    for _ in range(2):
+        assert not at.exception
+        errors = " ".join(e.value for e in at.error)
+        assert DAMAGED[name][2] in errors and "The other runs are in the sidebar" in errors
+        picker = at.sidebar.selectbox
+        assert len(picker) == 1 and picker[0].value == path, [p.value for p in picker]
+        assert {"demo-lora", f"{name} (damaged)"} <= set(picker[0].options)  # as labelled
+        at.run()
+
+
+def test_efficiency_table_shows_a_damaged_run_as_one_row(damaged_cache, tmp_path, monkeypatch):
+    """Runs chosen on the Efficiency page, one with a truncated checkpoint and one whose config
+    is broken among them: a row each, the damaged ones saying what is wrong (issue 23, 10)."""
+    import shutil
+
+    import pandas as pd
+
+    runs = tmp_path / "runs"
+    shutil.copytree(damaged_cache / "runs", runs)
+    shutil.copytree(runs / "demo-sd-lora", runs / "truncated")
+    checkpoint = runs / "truncated" / "checkpoints" / "task_001.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    shutil.rmtree(runs / "truncated" / "analyses", ignore_errors=True)  # measured, not cached
+    monkeypatch.setenv("SDLORA_CACHE", str(tmp_path))
+    at = _open("efficiency")
+    names = ["demo-lora", "truncated", "bad-config", "demo-sd-lora"]
+    at.multiselect[0].set_value([str(runs / n) for n in names]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert list(table["run"]) == names
+    damaged = dict(zip(table["run"], table["damaged"]))
+    assert pd.isna(damaged["demo-lora"]) and pd.isna(damaged["demo-sd-lora"])
+    assert "task_001.safetensors" in damaged["truncated"]
+    assert DAMAGED["bad-config"][2] in damaged["bad-config"]
+    assert (table.set_index("run").loc[["demo-lora", "demo-sd-lora"], "stored_params"]
+            > 0).all()
+    assert "2 of the chosen runs cannot be measured" in " ".join(w.value for w in at.warning)
+
+
 # -- the baselines on the pages that make sense for them (issue #10) ---------------------------
 @pytest.fixture(scope="module")
 def baseline_cache(tmp_path_factory):
