@@ -71,6 +71,8 @@ def main() -> None:
     if args.weights is not None:
         argcheck.weights(p, args.weights)
     bench = None
+    if not args.bench_kwargs:  # the data, the task count, the backbone: as `sdlora train`
+        argcheck.before_training(p, TrainConfig(method=args.methods[0], **common))
     if args.bench_kwargs:
         from sdlora.data import BENCHMARKS
         if args.benchmark not in BENCHMARKS:

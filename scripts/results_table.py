@@ -174,8 +174,9 @@ def main() -> None:
     except (ValueError, AssertionError):
         parser.error(f"--shard {args.shard!r} is not valid; give i/n with 0 <= i < n, e.g. 0/2")
     # every bad value is one error line before anything trains (the table's file included)
-    argcheck.settings(parser, args.set, benchmark=args.benchmark,
-                      **({} if args.epochs is None else dict(epochs=args.epochs)))
+    given = dict(benchmark=args.benchmark,
+                 **({} if args.epochs is None else dict(epochs=args.epochs)))
+    given.update(argcheck.settings(parser, args.set, **given))
     argcheck.seeds(parser, args.seeds)
     if args.json:
         argcheck.output_file(parser, args.json, "--json")
@@ -184,6 +185,7 @@ def main() -> None:
     root = Path(args.root or REPO / "cache" / "benchmark" / args.benchmark)
     if not args.no_train:
         argcheck.output_folder(parser, root, "--root")
+        argcheck.before_training(parser, TrainConfig(**given))  # data, task count, weights
     if args.tuned_from is not None and not any(k.endswith(f"@{args.tuned_from}") for k in tuned):
         known = sorted({k.split("@", 1)[1] for k in tuned})
         parser.error(f"--tuned-from {args.tuned_from!r}: {args.tuned} has no rate chosen on it; "

@@ -106,6 +106,14 @@ def settings(parser: argparse.ArgumentParser, pairs: list[str], flag: str = "--s
     return parsed
 
 
+def before_training(parser: argparse.ArgumentParser, config: TrainConfig) -> None:
+    """What ``python -m sdlora train`` checks before training: the device, the data (loaded),
+    the task count against its classes, the weights file and the backbone built from it."""
+    from .cli import _check_before_training
+
+    checked(parser, _check_before_training, config)
+
+
 def weights(parser: argparse.ArgumentParser, path: str | Path, flag: str = "--weights") -> None:
     """A backbone weights file as ``python -m sdlora train --weights`` accepts it."""
     from .cli import _check_weights
