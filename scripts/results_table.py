@@ -2,12 +2,18 @@
 
     python scripts/results_table.py [--benchmark glyphs40] [--seeds 0 1 2 3 4] [--methods ...]
         [--tuned results/tuned_lr.json] [--root cache/benchmark/<benchmark>] [--shard 0/2]
-        [--variant-released] [--kd-absolute] [--json results/table_<benchmark>.json]
+        [--variant-released] [--kd-absolute] [--hide-released]
+        [--json results/table_<benchmark>.json]
 
 Each method trains at the learning rate that `scripts/tune_lr.py` chose for it on a validation
 split of the training data (the file given by --tuned; the test split never chooses anything).
-SD-LoRA's ablations and variants use SD-LoRA's chosen rate (they change one part of SD-LoRA and
-keep its settings, as the paper's Table 4 does); a method without a tuned rate runs at the
+HiDe-Prompt's row has the equal budget (`TrainConfig.hide_budget`: its task-identity stage
+shares the `epochs` passes over a task's images with the prompts; run folders named
+`hide-prompt-equal-...`); `--hide-released` adds a row with its released 20/30-epoch stages,
+labelled as an extra budget (`hide-prompt-released-...`). A rate the tuning chose at the edge
+of its grid (the cap reached) is marked in the row, and a method of several coupled rates lists
+every part's rate. SD-LoRA's ablations and variants use SD-LoRA's chosen rate (they change one
+part of SD-LoRA and keep its settings, as the paper's Table 4 does); a method without a tuned rate runs at the
 config's default and its row says "not tuned". `--tuned-from BENCHMARK` takes the rates chosen
 on another benchmark's validation split instead (the 10-task preset `glyphs80-10` runs at the
 rates chosen on glyphs40: `--benchmark glyphs80 --set tasks=10 --tuned-from glyphs40`); each
@@ -31,12 +37,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sdlora.config import METHODS, TrainConfig  # noqa: E402
+from sdlora.config import METHODS, TrainConfig, part_rates  # noqa: E402
 from sdlora.methods import method_class  # noqa: E402
-from sdlora.runs import RunFolder, atomic_write_json  # noqa: E402
+from sdlora.runs import RunError, RunFolder, atomic_write_json, check_same_settings  # noqa: E402
 from sdlora.tables import display_rows, paired_test  # noqa: E402
 from sdlora.train import train  # noqa: E402
-from sdlora.tuning import load_tuned, tuned_lr  # noqa: E402
+from sdlora.tuning import at_cap, load_tuned, summary_key, tuned_lr  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ORDER = ["simplecil", "frozen", "full-ft", "lora", "sd-lora", "sd-lora-rr", "sd-lora-kd",
@@ -49,6 +55,9 @@ SD_LORA_FAMILY = {"sd-lora-rr", "sd-lora-kd", "fixed-first-direction", "single-d
 REFERENCE = "sd-lora"
 # Extra rows (method, overrides, label) run beside the methods named, when their method is.
 EXTRA: list = []
+# HiDe-Prompt with its released 20/30-epoch stages beside `epochs` of prompts (--hide-released):
+# more passes over the images than every other row, so its label says so.
+RELEASED_HIDE_LABEL = "hide-prompt (released 20/30-epoch stages: extra budget)"
 
 
 def parse_settings(pairs: list[str]) -> dict:
@@ -85,7 +94,8 @@ def build_jobs(args, tuned: dict) -> list[dict]:
             config = replace(config, benchmark=tuned_from)
         own = tuned_lr(tuned, config)
         if own is not None:
-            return own, "tuned" + where
+            edge = ", at the grid's edge (cap)" if at_cap(tuned[summary_key(config)]) else ""
+            return own, "tuned" + where + edge
         if config.method in SD_LORA_FAMILY:
             ref = tuned_lr(tuned, replace(config, method=REFERENCE, variant="paper"))
             if ref is not None:
@@ -108,13 +118,21 @@ def build_jobs(args, tuned: dict) -> list[dict]:
     if args.kd_absolute:
         specs.append(("sd-lora-kd", dict(kd_residual="absolute"),
                       "sd-lora-kd (absolute residual, Algorithm 1 line 11)"))
+    if getattr(args, "hide_released", False):
+        specs.append(("hide-prompt", dict(hide_budget="released"), RELEASED_HIDE_LABEL))
     specs += [e for e in EXTRA if e[0] in args.methods]
     jobs = []
     for method, overrides, label in specs:
-        config = replace(base, method=method, **overrides)
+        # made afresh, so the method's own defaults (head rate, clip) resolve as run_seed's do
+        config = TrainConfig(**{"benchmark": args.benchmark, **settings, "method": method,
+                                **overrides})
         lr, source = lr_of(config)
-        suffix = "".join(f"-{v}" if k in ("variant", "kd_residual", "joint_adapter")
+        suffix = "".join(f"-{v}" if k in ("variant", "kd_residual", "joint_adapter",
+                                          "hide_budget")
                          else f"-{k}{v}" for k, v in overrides.items())
+        if method == "hide-prompt" and "hide_budget" not in {**overrides, **settings}:
+            suffix += f"-{config.hide_budget}"  # always named: folders before it ran 'released'
+
         reference = method == REFERENCE and not overrides
         for key, value in settings.items():
             overrides = dict(overrides, **{key: value})
@@ -122,11 +140,8 @@ def build_jobs(args, tuned: dict) -> list[dict]:
                 if isinstance(value, float) else f"-{key}{value}"
         jobs.append(dict(label=label, method=method, overrides=overrides, lr=lr,
                          lr_source=source, name=f"{method}{suffix}-lr{lr:g}",
-                         reference=reference))
+                         reference=reference, part_rates=part_rates(replace(config, lr=lr))))
     return jobs
-
-
-IGNORED = {"device", "num_workers", "eval_batch_size", "extra", "amp"}
 
 
 def run_seed(root: Path, job: dict, seed: int, benchmark: str, may_train: bool) -> dict | None:
@@ -134,13 +149,10 @@ def run_seed(root: Path, job: dict, seed: int, benchmark: str, may_train: bool) 
     config = TrainConfig(benchmark=benchmark, method=job["method"], seed=seed, lr=job["lr"],
                          **job["overrides"])
     if run.exists():  # a folder of the same name made with other settings is never reused
-        saved = TrainConfig.from_dict(run.config()).to_dict()
-        wanted = config.to_dict()
-        differ = {k: (saved[k], wanted[k]) for k in wanted
-                  if k not in IGNORED and saved.get(k) != wanted[k]}
-        if differ:
-            raise SystemExit(f"{run.path} was made with other settings (saved, wanted): "
-                             f"{differ}; move it away or name the settings with --set")
+        try:
+            check_same_settings(run, config)
+        except RunError as err:
+            raise SystemExit(f"error: {err}") from None
     tasks = 1 if config.method == "joint" else config.tasks
     if may_train:
         if not run.exists():
@@ -180,6 +192,10 @@ def main() -> None:
                              "when every run is finished)")
     parser.add_argument("--variant-released", action="store_true",
                         help="also run sd-lora with variant='released'")
+    parser.add_argument("--hide-released", action="store_true",
+                        help="also run hide-prompt with its released 20/30-epoch stages "
+                             "(hide_budget='released'), a row labelled as an extra budget; "
+                             "the hide-prompt row itself has the equal budget")
     parser.add_argument("--kd-absolute", action="store_true",
                         help="also run sd-lora-kd with kd_residual='absolute' (Algorithm 1 "
                              "line 11 as written)")
@@ -231,7 +247,8 @@ def main() -> None:
         if ref_label and job["label"] != ref_label and all(s in ref for s in seeds):
             test = paired_test(acc, [ref[s] for s in seeds])
         rows.append(dict(label=job["label"], method=job["method"], lr=job["lr"],
-                         lr_source=job["lr_source"], seeds=seeds, acc=acc,
+                         lr_source=job["lr_source"], part_rates=job["part_rates"],
+                         seeds=seeds, acc=acc,
                          aaa=[r["aaa"] for r in rs], forgetting=[r["forgetting"] for r in rs],
                          versus_sd_lora=test))
     shown = display_rows(dict(rows=rows))

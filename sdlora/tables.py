@@ -87,6 +87,9 @@ def display_rows(data: dict) -> list[dict[str, str]]:
         else:
             lr = f"{row['lr']:g}" + ("" if row["lr_source"] == "tuned"
                                      else f" ({row['lr_source']})")
+            parts = row.get("part_rates") or {}
+            if len(parts) > 1:  # coupled rates (hide-prompt): every part's, the first is `lr`
+                lr += "; " + ", ".join(f"{k} {v:.3g}" for k, v in list(parts.items())[1:])
         test = row.get("versus_sd_lora")
         versus = "" if not test else (
             f"{test['diff']:+.1f}" + ("" if test["p"] != test["p"]  # nan: one seed

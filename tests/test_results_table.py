@@ -99,3 +99,52 @@ def test_table_rows_as_shown_and_damaged_tables_named(tmp_path):
         assert "table_x.json" in str(e.value)
     with pytest.raises(TableError, match="does not exist"):
         load_table(tmp_path / "none.json")
+
+
+def test_hide_prompt_rows_name_their_budget_and_list_every_rate(table):
+    """Issue 21: hide-prompt's row has the equal budget and a folder name that says so (old
+    folders, made at the released stages, are never picked up); --hide-released adds the
+    extra-budget row, labelled; a rate chosen at the grid's edge is marked; all five coupled
+    rates are listed."""
+    from sdlora.config import TrainConfig
+    from sdlora.tables import display_rows
+    from sdlora.tuning import summary_key
+
+    released = TrainConfig(method="hide-prompt", hide_budget="released")
+    tuned = {summary_key(released): dict(chosen_lr=0.112, grid=[0.002, 0.008, 0.03, 0.112])}
+    assert summary_key(released) == "hide-prompt-released@glyphs40"
+    args = table.argparse.Namespace(benchmark="glyphs40", epochs=None, methods=["hide-prompt"],
+                                    joint_adapters=[], variant_released=False,
+                                    kd_absolute=False, hide_released=True)
+    equal, extra = table.build_jobs(args, tuned)
+    assert (equal["label"], equal["name"]) == ("hide-prompt", "hide-prompt-equal-lr0.008")
+    assert equal["lr_source"] == "not tuned"  # a rate tuned at the released budget is not used
+    assert extra["label"] == table.RELEASED_HIDE_LABEL and "extra budget" in extra["label"]
+    assert extra["name"] == "hide-prompt-released-lr0.112"
+    assert extra["lr_source"] == "tuned, at the grid's edge (cap)"
+    assert extra["part_rates"]["identity stage"] == pytest.approx(0.112 / 60)
+    row = dict(label=extra["label"], method="hide-prompt", lr=0.112,
+               lr_source=extra["lr_source"], part_rates=extra["part_rates"], seeds=[0],
+               acc=[1.0], aaa=[1.0], forgetting=[1.0])
+    assert display_rows(dict(rows=[row]))[0]["lr (validation)"] == (
+        "0.112 (tuned, at the grid's edge (cap)); head 0.0112, identity stage 0.00187, "
+        "identity alignment 0.0187, final alignment 0.199")
+
+
+def test_a_table_folder_made_with_other_settings_is_refused(table, tmp_path):
+    """The check results_table.py shares with sdlora.tuning (sdlora.runs.check_same_settings):
+    a run folder of the right name made with other settings stops the script, named."""
+    from sdlora.config import TrainConfig
+    from sdlora.runs import RunFolder
+
+    job = dict(name="lora-lr0.002", method="lora", lr=0.002, overrides={})
+    folder = tmp_path / "lora-lr0.002-s0"
+    folder.mkdir()
+    saved = TrainConfig(method="lora", lr=0.002, epochs=5, device="cuda").to_dict()
+    (folder / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(SystemExit, match=r"made with other settings .*'epochs': \(5, 4\)"):
+        table.run_seed(tmp_path, job, 0, "glyphs40", may_train=False)
+    # a setting that does not change the computation (device) is not a difference
+    (folder / "config.json").write_text(json.dumps(dict(saved, epochs=4)))
+    assert RunFolder(folder).exists()
+    assert table.run_seed(tmp_path, job, 0, "glyphs40", may_train=False) is None  # unfinished
