@@ -38,6 +38,9 @@ def _train_parser(sub) -> None:
     defaults = TrainConfig()
     helps = {"method": f"one of: {', '.join(METHODS)}",
              "variant": "sd-lora only: 'paper' or 'released' (the authors' code)",
+             "lr": "learning rate; without --lr (and --preset) the rate chosen for the method "
+                   "on the benchmark's validation split (results/tuned_lr.json) when there is "
+                   "one, as the Train page, else the paper's",
              "joint_adapter": "joint only: 'lora', 'sd-lora' or 'full-ft'",
              "holdout": "'test', or 'validation' (train minus a held-out part of the training "
                         "set, evaluated on that part: for choosing hyperparameters)",
@@ -145,7 +148,16 @@ def _cmd_train(args) -> int:
             if flag is None:
                 raise
             raise ConfigError(f"--{flag.replace('_', '-')} {given[flag]}: {err}") from err
+        why = None
+        if "lr" not in given and not args.preset:  # the rate the Train page would use
+            from dataclasses import replace
+
+            from .tuning import chosen_lr
+            lr, why = chosen_lr(config)
+            config = replace(config, lr=lr)
         _check_before_training(config)
+        if why:
+            print(why)
         run = train(config, out=args.out, progress=not args.quiet)
     print(format_run(run.path))
     return 0

@@ -169,13 +169,18 @@ def chosen_lr(config: TrainConfig, fallback: float | None = None,
     the rate chosen for its method on its benchmark's validation split (`results`, default the
     summary file) when there is one, else `fallback` (default the paper's 0.008). The one
     default of `python -m sdlora train` and the Train page."""
-    results = load_tuned(tuned_path()) if results is None else results
+    unreadable = ""
+    if results is None:
+        try:
+            results = load_tuned(tuned_path())
+        except (OSError, ValueError) as err:  # a damaged summary: say so, use the fallback
+            results, unreadable = {}, f"; it cannot be read: {' '.join(str(err).split())}"
     fallback = TrainConfig.lr if fallback is None else fallback
     lr = tuned_lr(results, config)
     where = f"{_label(config)} on {config.benchmark}"
     if lr is None:
         return fallback, (f"lr {fallback:g}: no rate chosen on validation for {where} "
-                          f"(results/tuned_lr.json), so the "
+                          f"(results/tuned_lr.json{unreadable}), so the "
                           + ("paper's rate" if fallback == TrainConfig.lr else "rate given"))
     mark = " (at the grid's edge: its cap)" if at_cap(results[summary_key(config)]) else ""
     return lr, (f"lr {lr:g}: chosen on the validation split for {where}{mark} "

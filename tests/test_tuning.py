@@ -121,3 +121,53 @@ def test_part_rates_lists_every_coupled_rate():
     assert part_rates(TrainConfig(method="lora", lr=0.002)) == {"lr": 0.002}
     assert part_rates(TrainConfig(method="l2p", head_lr_scale=0.5, lr=0.01)) == {
         "lr": 0.01, "head": 0.005}
+
+
+def test_train_without_lr_uses_the_validation_chosen_rate_and_says_why(tmp_path, monkeypatch,
+                                                                        capsys):
+    """Issue 21: `python -m sdlora train` without --lr trains at the rate chosen for the method
+    on the benchmark (results/tuned_lr.json, as the Train page), says so in one line, and
+    falls back to the paper's 0.008; --lr wins. In-process, stopped before training."""
+    import json
+
+    from sdlora import cli
+    from sdlora import train as train_module
+    from sdlora.tuning import chosen_lr, summary_key
+
+    class Started(Exception):
+        pass
+
+    seen = []
+
+    def fake_train(config, **kw):
+        seen.append(config)
+        raise Started
+
+    monkeypatch.setattr(cli, "_check_before_training", lambda config: None)  # data, weights
+    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setenv("SDLORA_RESULTS", str(tmp_path))
+    key = summary_key(TrainConfig(method="frozen", benchmark="digits"))
+    (tmp_path / "tuned_lr.json").write_text(json.dumps({key: dict(
+        chosen_lr=0.03, grid=[0.002, 0.008, 0.03, 0.112])}))
+    common = ["train", "--benchmark", "digits", "--tasks", "2", "--device", "cpu", "--quiet",
+              "--out", str(tmp_path / "run")]
+    for extra, lr, says in (
+            (["--method", "frozen"], 0.03, "lr 0.03: chosen on the validation split for "
+                                            "frozen on digits"),
+            (["--method", "lora"], 0.008, "lr 0.008: no rate chosen on validation for lora on "
+                                          "digits (results/tuned_lr.json), so the paper's rate"),
+            (["--method", "frozen", "--lr", "0.005"], 0.005, None)):
+        with pytest.raises(Started):
+            cli.main(common + extra)
+        printed = capsys.readouterr().out
+        assert seen[-1].lr == lr
+        if says:
+            assert printed.startswith(says) and printed.count("\n") == 1
+        else:
+            assert printed == ""
+    # the Train page's rate is the same function's, with its number box as the fallback
+    assert chosen_lr(seen[0])[0] == chosen_lr(replace(seen[0], lr=0.008), fallback=0.008)[0]
+    # a damaged summary: the paper's rate, and the line says why
+    (tmp_path / "tuned_lr.json").write_text("{oops")
+    lr, why = chosen_lr(TrainConfig(method="frozen", benchmark="digits"))
+    assert lr == 0.008 and "it cannot be read" in why and why.count("\n") == 0
