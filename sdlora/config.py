@@ -252,8 +252,8 @@ class TrainConfig:
     # 10^6 times stronger than what the paper ran
     ortho_weight: float = 0.0
     # Clip the global gradient norm of what torch.optim steps to this value (None: no clip);
-    # by default the method's (GRAD_CLIP_DEFAULTS: 1.0 for l2p and hide-prompt, as their released
-    # code; else None)
+    # by default the method's (GRAD_CLIP_DEFAULTS: 1.0 for l2p, dualprompt and hide-prompt, as
+    # their released code; else None)
     grad_clip: float | None = BY_METHOD
     gpm_eps_start: float = 0.98  # inflora: DualGPM energy threshold after the first task ...
     gpm_eps_end: float = 1.0  # ... rising linearly, eps_t = start + (end - start) * t / tasks
