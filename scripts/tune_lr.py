@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sdlora.config import METHODS, TrainConfig  # noqa: E402
 from sdlora.methods import method_class  # noqa: E402
 from sdlora.runs import RunError, atomic_write_json  # noqa: E402
+from sdlora.tables import coupled_rates  # noqa: E402
 from sdlora.tuning import at_cap, load_tuned, tune  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,11 +38,8 @@ SUMMARY = REPO / "results" / "tuned_lr.json"
 def chosen_text(r: dict) -> str:
     """The chosen rate, marked when it is an end of the grid (the cap stopped it), with every
     part's rate for a method of several coupled rates."""
-    text = f"{r['chosen_lr']:g}" + (" (at the grid's edge: cap reached)" if at_cap(r) else "")
-    parts = r.get("part_rates") or {}
-    if len(parts) > 1:
-        text += "; " + ", ".join(f"{k} {v:.3g}" for k, v in parts.items())
-    return text
+    return (f"{r['chosen_lr']:g}" + (" (at the grid's edge: cap reached)" if at_cap(r) else "")
+            + coupled_rates(r.get("part_rates")))
 
 
 def show(summary: dict) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["mean_se", "fmt", "paired_test", "holm", "versus_reference", "load_table",
+__all__ = ["mean_se", "fmt", "paired_test", "holm", "versus_reference", "coupled_rates",
+           "load_table",
            "display_rows", "results_dir", "TableError", "REFERENCE", "ALPHA"]
 
 REFERENCE = "sd-lora"  # the row every other row is tested against (its label)
@@ -126,6 +127,14 @@ def load_table(path: str | Path) -> dict:
     return data
 
 
+def coupled_rates(parts: dict[str, float] | None) -> str:
+    """'; head 0.0112, ...': the rates of a method's other parts (`sdlora.config.part_rates`,
+    whose first is the base rate `lr`), empty for a method of one rate."""
+    if not parts or len(parts) < 2:
+        return ""
+    return "; " + ", ".join(f"{k} {v:.3g}" for k, v in list(parts.items())[1:])
+
+
 def _p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
@@ -141,9 +150,7 @@ def display_rows(data: dict) -> list[dict[str, str]]:
         else:
             lr = f"{row['lr']:g}" + ("" if row["lr_source"] == "tuned"
                                      else f" ({row['lr_source']})")
-            parts = row.get("part_rates") or {}
-            if len(parts) > 1:  # coupled rates (hide-prompt): every part's, the first is `lr`
-                lr += "; " + ", ".join(f"{k} {v:.3g}" for k, v in list(parts.items())[1:])
+            lr += coupled_rates(row.get("part_rates"))
         versus = "" if not test else (
             f"{test['diff']:+.1f}" + ("" if test["p"] != test["p"]  # nan: one seed
                                       else f", p {_p(test['p'])}, Holm p {_p(test['p_holm'])}")
