@@ -53,11 +53,13 @@ st.markdown(
     "classes, and `simplecil` beats every adapted method: where the features suffice, stability "
     "is all you need. Queue `simplecil`, `joint` and `sd-lora` on either benchmark from "
     "**Train** and compare them on **Accuracy** (the joint run is the dashed level); the "
-    "README's results give the measured numbers with their significance.")
+    "README's results give the measured numbers with paired tests, Holm-adjusted over each "
+    "table.")
 
 st.subheader("Measured results")
 from sdlora.config import TrainConfig  # noqa: E402
-from sdlora.tables import TableError, display_rows, load_table, results_dir  # noqa: E402
+from sdlora.tables import (TableError, display_rows, load_table, results_dir,  # noqa: E402
+                           versus_reference)
 
 DEFAULT_TABLE = f"table_{TrainConfig().benchmark}"
 tables = sorted(results_dir().glob("table_*.json"),
@@ -73,6 +75,7 @@ for path, tab in zip(tables, st.tabs([p.stem.removeprefix("table_") for p in tab
             st.warning(f"This table cannot be shown: {e}")
             continue
         st.dataframe(display_rows(data), hide_index=True, width="stretch")
+        tests = sum(1 for t in versus_reference(data["rows"]) if t and t["p"] == t["p"])
         missing = data.get("missing") or []
         st.caption(
             f"{len(data['rows'])} methods on `{data.get('benchmark', path.stem)}` "
@@ -85,7 +88,11 @@ for path, tab in zip(tables, st.tabs([p.stem.removeprefix("table_") for p in tab
             "after the last task; **AAA**: the mean of the accuracies after each task; "
             "**forgetting**: how far each task fell from its best. The last column is a paired "
             "t-test against SD-LoRA over the same seeds (a seed fixes the class order for "
-            "every method). Regenerate with `python scripts/results_table.py`."
+            "every method): its p-value, then the p-value adjusted by Holm's method over "
+            f"the table's {tests} tests, which the verdict at 0.05 uses (with many "
+            "comparisons some raw p-values fall under 0.05 by chance). A row marked *extra "
+            "budget* trained for more passes over the images than the others. Regenerate "
+            "with `python scripts/results_table.py`."
             + (f" {len(missing)} runs were not finished when it was written." if missing
                else ""))
 

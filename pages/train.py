@@ -15,7 +15,6 @@ st.markdown(
 
 # After the first paint: these imports load torch (seconds on a fresh server).
 from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from sdlora import jobs  # noqa: E402
 from sdlora.backbone import BACKBONES  # noqa: E402
@@ -24,9 +23,7 @@ from sdlora.config import (BENCHMARK_BACKBONES, DEFAULT_BACKBONE, METHODS,  # no
 from sdlora.data import DataError, benchmark_names  # noqa: E402
 from sdlora.presets import PRESETS, preset_config  # noqa: E402
 from sdlora.train import load_data, split_for  # noqa: E402
-from sdlora.tuning import load_tuned, tuned_lr  # noqa: E402
-
-TUNED = Path(__file__).resolve().parent.parent / "results" / "tuned_lr.json"
+from sdlora.tuning import chosen_lr, load_tuned, tuned_path  # noqa: E402
 
 cuda = ui.cuda_device() is not None
 default = TrainConfig()
@@ -80,9 +77,10 @@ def submit(methods: list[str]) -> None:
             configs = [TrainConfig(benchmark=benchmark, backbone=backbone, tasks=int(tasks),
                                    epochs=int(epochs), lr=float(lr), rank=int(rank),
                                    **{**common, "method": m}) for m in methods]
-            if use_tuned:
-                tuned = load_tuned(TUNED)
-                configs = [replace(c, lr=tuned_lr(tuned, c) or c.lr) for c in configs]
+            if use_tuned:  # the same rate as `python -m sdlora train` without --lr
+                tuned = load_tuned(tuned_path())
+                configs = [replace(c, lr=chosen_lr(c, fallback=c.lr, results=tuned)[0])
+                           for c in configs]
 
         split_for(configs[0], load_data(configs[0]))  # data present, task count possible
     except (ConfigError, DataError, ValueError) as err:

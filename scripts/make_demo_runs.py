@@ -26,7 +26,7 @@ from sdlora.analysis import (cached, efficiency, interpolate, magnitude_series, 
 from sdlora.analysis.core import INTERPOLATION_POINTS  # noqa: E402
 from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.methods import method_class  # noqa: E402
-from sdlora.runs import RunFolder, demo_runs_root  # noqa: E402
+from sdlora.runs import RunError, RunFolder, check_same_settings, demo_runs_root  # noqa: E402
 from sdlora.train import train  # noqa: E402
 from sdlora.tuning import load_tuned, tuned_lr  # noqa: E402
 
@@ -38,12 +38,14 @@ DEMO = [("lora", {}, (0, 1, 2), "lora"), ("sd-lora", {}, (0, 1, 2), "sd-lora"),
 EXTRA = [("fixed-first-direction", {}, (0, 1, 2), "fixed-first-direction"),
          ("sd-lora-rr", {}, (0,), "sd-lora-rr"), ("sd-lora-kd", {}, (0,), "sd-lora-kd")]
 ALL_BOUNDARIES = {"lora-s0", "sd-lora-s0"}  # the others get the first boundary precomputed
-IGNORED = {"device", "num_workers", "eval_batch_size", "extra", "amp"}
 
 
 def same_config(run: RunFolder, config: TrainConfig) -> bool:
-    saved = TrainConfig.from_dict(run.config()).to_dict()
-    return all(saved.get(k) == v for k, v in config.to_dict().items() if k not in IGNORED)
+    try:
+        check_same_settings(run, config)
+    except RunError:
+        return False
+    return True
 
 
 def main() -> None:

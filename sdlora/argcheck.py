@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .config import ConfigError, TrainConfig
 from .data import DataError
-from .runs import RunError, RunFolder
+from .runs import RunError, RunFolder, check_same_settings
 
 
 def _one_line(err: BaseException) -> str:
@@ -194,10 +194,6 @@ def output_folder(parser: argparse.ArgumentParser, path: str | Path, flag: str) 
     return path
 
 
-# Settings that do not change what a run computes (a run folder may differ in them).
-RUN_IGNORED = frozenset({"device", "num_workers", "eval_batch_size", "extra", "amp"})
-
-
 def run_config(parser: argparse.ArgumentParser, path: str | Path,
                flag: str) -> TrainConfig | None:
     """The config of the run folder at ``path``, None where nothing is there yet; a folder that
@@ -218,12 +214,6 @@ def run_matches(parser: argparse.ArgumentParser, path: str | Path, wanted: Train
                 flag: str) -> None:
     """The run folder at ``path``, if there is one, was made with ``wanted``'s settings (a
     folder made otherwise is never reused or resumed)."""
-    saved = run_config(parser, path, flag)
-    if saved is None:
+    if run_config(parser, path, flag) is None:
         return
-    saved, want = saved.to_dict(), wanted.to_dict()
-    differ = {k: (saved.get(k), v) for k, v in want.items()
-              if k not in RUN_IGNORED and saved.get(k) != v}
-    if differ:
-        parser.error(f"{flag} {path} was made with other settings (saved, wanted): {differ}; "
-                     f"move it away or choose another folder")
+    checked(parser, check_same_settings, RunFolder(path), wanted)

@@ -26,7 +26,8 @@ _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "var
           "ortho_weight": float, "gpm_eps_start": float, "gpm_eps_end": float,
           "grad_clip": float, "head_lr_scale": float,
           "hide_prompt_length": int, "hide_prompt_momentum": float,
-          "hide_contrast_weight": float, "hide_centroids": int, "hide_tii_epochs": int,
+          "hide_contrast_weight": float, "hide_centroids": int, "hide_budget": str,
+          "hide_tii_epochs": int,
           "hide_tii_lr": float, "hide_ca_lr": float, "hide_tap_lr": float,
           "hide_ca_epochs": int, "hide_oracle_task": bool}
 
@@ -37,6 +38,9 @@ def _train_parser(sub) -> None:
     defaults = TrainConfig()
     helps = {"method": f"one of: {', '.join(METHODS)}",
              "variant": "sd-lora only: 'paper' or 'released' (the authors' code)",
+             "lr": "learning rate; without --lr (and --preset) the rate chosen for the method "
+                   "on the benchmark's validation split (results/tuned_lr.json) when there is "
+                   "one, as the Train page, else the paper's",
              "joint_adapter": "joint only: 'lora', 'sd-lora' or 'full-ft'",
              "holdout": "'test', or 'validation' (train minus a held-out part of the training "
                         "set, evaluated on that part: for choosing hyperparameters)",
@@ -74,9 +78,15 @@ def _train_parser(sub) -> None:
              "hide_contrast_weight": "hide-prompt: weight of the contrastive term against "
                                      "the stored class centroids",
              "hide_centroids": "hide-prompt: k-means clusters per class in the statistics",
-             "hide_tii_epochs": "hide-prompt: epochs of the task-identity stage per task",
+             "hide_budget": "hide-prompt: 'equal' (its task-identity stage and prompts share "
+                            "--epochs passes over a task's images, 20 : 150 as released, the "
+                            "alignments scaled alike) or 'released' (20 identity and 30 "
+                            "alignment epochs beside --epochs of prompts: an extra budget)",
+             "hide_tii_epochs": "hide-prompt, --hide-budget released: epochs of the "
+                                "task-identity stage per task",
              "hide_tii_lr": "hide-prompt: its Adam learning rate (default: lr / 60)",
-             "hide_ca_epochs": "hide-prompt: epochs of each classifier alignment",
+             "hide_ca_epochs": "hide-prompt, --hide-budget released: epochs of each "
+                               "classifier alignment",
              "hide_ca_lr": "hide-prompt: SGD learning rate of the task-identity stage's "
                            "classifier alignment (default: lr / 6; released 4.6875e-4 to the "
                            "prompts' 0.0028125)",
@@ -138,7 +148,16 @@ def _cmd_train(args) -> int:
             if flag is None:
                 raise
             raise ConfigError(f"--{flag.replace('_', '-')} {given[flag]}: {err}") from err
+        why = None
+        if "lr" not in given and not args.preset:  # the rate the Train page would use
+            from dataclasses import replace
+
+            from .tuning import chosen_lr
+            lr, why = chosen_lr(config)
+            config = replace(config, lr=lr)
         _check_before_training(config)
+        if why:
+            print(why)
         run = train(config, out=args.out, progress=not args.quiet)
     print(format_run(run.path))
     return 0

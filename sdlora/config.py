@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = ["TrainConfig", "METHODS", "JOINT_ADAPTERS", "L2P_VARIANTS", "DUALPROMPT_VARIANTS",
            "PROMPT_SHAPES", "GRAD_CLIP_DEFAULTS", "PULL_WEIGHT_DEFAULTS", "HEAD_LR_SCALE_DEFAULTS",
-           "HIDE_OPTIONS", "ConfigError"]
+           "HIDE_OPTIONS", "HIDE_BUDGETS", "ConfigError", "part_rates"]
 
 # Method name -> one line of what it is (the table in sdlora.methods gives the behaviour).
 METHODS: dict[str, str] = {
@@ -73,6 +73,25 @@ PULL_WEIGHT_DEFAULTS: dict[str, float] = {"dualprompt": 1.0}
 # methods not named): HiDe-Prompt's released runs use --larger_prompt_lr, the head at 0.1 x the
 # prompts' rate.
 HEAD_LR_SCALE_DEFAULTS: dict[str, float] = {"hide-prompt": 0.1}
+
+# HiDe-Prompt's training budget (`hide_budget`). 'equal' (the default): the task's `epochs` passes
+# over its images are split between the task-identity stage and the prompt stage in the released
+# ImageNet-R script's ratio, 20 : 150 (training_scripts/train_imr_vit.sh), with at least one
+# epoch for the identity stage and one for the prompts; each classifier alignment (on features
+# sampled from class statistics, not on images) gets the released 30 epochs in proportion to the
+# stage it follows: 30 / 20 of the identity stage's epochs, 30 / 150 of the prompts' (at least
+# one each). So every method makes `epochs` passes over a task's images. 'released': the released
+# stages as given (`hide_tii_epochs`, default 20, and `hide_ca_epochs`, default 30, for both
+# alignments) beside the loop's `epochs` for the prompts: an extra budget (on glyphs40 at 4
+# epochs, 20 identity epochs against every other method's 4), labelled so in every table.
+HIDE_BUDGETS = ("equal", "released")
+HIDE_RELEASED_EPOCHS = dict(identity=20, prompts=150, alignment=30)
+
+
+def _rounded(x: float) -> int:
+    """x rounded half up (Python's round() rounds 2.5 to 2)."""
+    return int(math.floor(x + 0.5))
+
 
 # HiDe-Prompt's final-head (TAP) alignment rate relative to `lr` when `hide_tap_lr` is not given:
 # the released ImageNet-R stage 2 (training_scripts/train_imr_vit.sh) aligns at --ca_lr 0.005,
@@ -233,8 +252,8 @@ class TrainConfig:
     # 10^6 times stronger than what the paper ran
     ortho_weight: float = 0.0
     # Clip the global gradient norm of what torch.optim steps to this value (None: no clip);
-    # by default the method's (GRAD_CLIP_DEFAULTS: 1.0 for l2p and hide-prompt, as their released
-    # code; else None)
+    # by default the method's (GRAD_CLIP_DEFAULTS: 1.0 for l2p, dualprompt and hide-prompt, as
+    # their released code; else None)
     grad_clip: float | None = BY_METHOD
     gpm_eps_start: float = 0.98  # inflora: DualGPM energy threshold after the first task ...
     gpm_eps_end: float = 1.0  # ... rising linearly, eps_t = start + (end - start) * t / tasks
@@ -243,9 +262,13 @@ class TrainConfig:
     hide_prompt_momentum: float = 0.01  # prompt ensemble: (1 - m) p_t + m mean(p_<t)
     hide_contrast_weight: float = 0.5  # weight of the contrastive term against stored centroids
     hide_centroids: int = 10  # k-means clusters per class in the stored statistics
-    hide_tii_epochs: int = 20  # epochs of the task-identity stage per task
+    # 'equal': the stages share the task's `epochs` passes over its images (20 : 150 as released,
+    # alignments scaled alike; HIDE_BUDGETS above); 'released': the released 20 identity and 30
+    # alignment epochs beside `epochs` of prompt training (an extra budget)
+    hide_budget: str = "equal"
+    hide_tii_epochs: int = 20  # hide_budget 'released': epochs of the task-identity stage
     hide_tii_lr: float | None = None  # its Adam rate (None: lr / 60, released 0.0005 : 0.03)
-    hide_ca_epochs: int = 30  # epochs of each classifier alignment on sampled features
+    hide_ca_epochs: int = 30  # hide_budget 'released': epochs of each classifier alignment
     # SGD rate of the task-identity stage's alignment (None: lr / 6; released 0.005 x 24 / 256
     # = 4.6875e-4 to the prompts' 0.0028125)
     hide_ca_lr: float | None = None
@@ -404,6 +427,18 @@ class TrainConfig:
         if self.hide_contrast_weight < 0:
             raise ConfigError(f"hide_contrast_weight={self.hide_contrast_weight!r} is not "
                               f"valid; it must be a number >= 0")
+        _choice("hide_budget", self.hide_budget, HIDE_BUDGETS)
+        if self.hide_budget == "equal":
+            for name in ("hide_tii_epochs", "hide_ca_epochs"):
+                if getattr(self, name) != HIDE_OPTIONS[name]:
+                    raise ConfigError(f"{name}={getattr(self, name)!r} applies to "
+                                      f"hide_budget='released' only; with 'equal' the stages "
+                                      f"share epochs={self.epochs} (HIDE_BUDGETS)")
+            if self.method == "hide-prompt" and self.epochs < 2:
+                raise ConfigError(f"epochs={self.epochs} is too few for hide-prompt with "
+                                  f"hide_budget='equal': one epoch goes to the task-identity "
+                                  f"stage and at least one to the prompts; give epochs >= 2 "
+                                  f"or hide_budget='released'")
         if not isinstance(self.hide_oracle_task, bool):
             raise ConfigError(f"hide_oracle_task={self.hide_oracle_task!r} is not valid; "
                               f"choose one of: True, False")
@@ -423,6 +458,30 @@ class TrainConfig:
                 self.hide_ca_lr if self.hide_ca_lr is not None else self.lr / 6,
                 self.hide_tap_lr if self.hide_tap_lr is not None
                 else self.lr * TAP_LR_RATIO)
+
+    def hide_stages(self) -> dict[str, int]:
+        """hide-prompt's epochs per task of each stage: `identity` (task-identity stage, on the
+        task's images' frozen features), `prompts` (the training loop), `identity_alignment`
+        and `final_alignment` (classifier alignments on sampled features, not images). With
+        hide_budget 'equal' identity + prompts = `epochs` (HIDE_BUDGETS above)."""
+        if self.hide_budget == "released":
+            return dict(identity=self.hide_tii_epochs, prompts=self.epochs,
+                        identity_alignment=self.hide_ca_epochs,
+                        final_alignment=self.hide_ca_epochs)
+        r = HIDE_RELEASED_EPOCHS
+        identity = min(max(1, _rounded(self.epochs * r["identity"] / (r["identity"]
+                                                                      + r["prompts"]))),
+                       self.epochs - 1)
+        prompts = self.epochs - identity
+        return dict(identity=identity, prompts=prompts,
+                    identity_alignment=max(1, _rounded(identity * r["alignment"]
+                                                       / r["identity"])),
+                    final_alignment=max(1, _rounded(prompts * r["alignment"] / r["prompts"])))
+
+    def loop_epochs(self) -> int:
+        """Epochs of the training loop per task: `epochs`, except hide-prompt's share of them
+        under hide_budget 'equal' (its task-identity stage takes the rest)."""
+        return self.hide_stages()["prompts"] if self.method == "hide-prompt" else self.epochs
 
     def prompt_shape(self) -> tuple[int, int]:
         """The prompt method's (pool, length): the options, or the method's defaults (l2p: the
@@ -458,13 +517,17 @@ class TrainConfig:
         """A config from a run's config.json (or one written like it). A key it lacks takes
         today's default, except `grad_clip`: a config saved before that setting existed ran
         without a clip, so a missing ``grad_clip`` is None (give it to clip, e.g. 1.0 for l2p);
-        and `hide_tap_lr`: a hide-prompt config saved before that option existed aligned its
-        final head at the task-identity alignment's rate, so a missing one is that rate."""
+        `hide_tap_lr`: a hide-prompt config saved before that option existed aligned its
+        final head at the task-identity alignment's rate, so a missing one is that rate; and
+        `hide_budget`: one saved before it existed ran the released stages, so a missing one is
+        'released'."""
         known = {f.name for f in fields(cls)}
         if not isinstance(d, dict):
             raise ConfigError(f"a configuration must be a JSON object of TrainConfig fields, "
                               f"not {type(d).__name__}")
         d = {"grad_clip": None, **d}
+        if "hide_budget" not in d and d.get("method") == "hide-prompt":
+            d["hide_budget"] = "released"
         if d.get("method") == "hide-prompt" and "hide_tap_lr" not in d:
             ca_lr, lr = d.get("hide_ca_lr"), d.get("lr", cls.lr)
             if ca_lr is None and isinstance(lr, (int, float)) and not isinstance(lr, bool):
@@ -482,3 +545,18 @@ class TrainConfig:
 # hide-prompt's options and their defaults (any other method refuses a changed one).
 HIDE_OPTIONS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)
                                 if f.name.startswith("hide_")}
+
+
+def part_rates(config: TrainConfig) -> dict[str, float]:
+    """{part: learning rate} of what `config` trains, from its base rate `lr`: {'lr': lr} for
+    most methods; a head at another rate (`head_lr_scale`) adds 'head'; hide-prompt's five
+    coupled rates (prompts, head, its task-identity stage's Adam and alignment, the final
+    head's alignment: `hide_rates`)."""
+    rates = {"prompts" if config.method == "hide-prompt" else "lr": config.lr}
+    if config.head_lr_scale != 1:
+        rates["head"] = config.lr * config.head_lr_scale
+    if config.method == "hide-prompt":
+        tii, tii_ca, tap = config.hide_rates()
+        rates.update({"identity stage": tii, "identity alignment": tii_ca,
+                      "final alignment": tap})
+    return rates

@@ -43,7 +43,7 @@ from .config import ConfigError
 if TYPE_CHECKING:  # torch and safetensors load only with a checkpoint: listing runs stays light
     import torch
 
-__all__ = ["RunError", "RunFolder", "RunClaim", "default_runs_root", "demo_runs_root", "list_runs",
+__all__ = ["RunError", "RunFolder", "check_same_settings", "REUSE_IGNORED", "RunClaim", "default_runs_root", "demo_runs_root", "list_runs",
            "resolve_run", "atomic_write_json", "atomic_write_text", "pid_alive"]
 
 MARKER = ".sdlora-run"
@@ -463,3 +463,25 @@ def list_runs(root: Path | None = None) -> list[RunFolder]:
         runs = [RunFolder(p) for p in folder.iterdir() if (p / "config.json").exists()]
         found += sorted(runs, key=lambda r: r.config_path.stat().st_mtime, reverse=True)
     return found
+
+
+# Settings that do not change what a run computes: a finished folder made with other values of
+# these may be reused.
+REUSE_IGNORED = frozenset({"device", "num_workers", "eval_batch_size", "extra", "amp"})
+
+
+def check_same_settings(run: "RunFolder", config) -> None:
+    """RunError unless the existing `run` was made with `config` (a TrainConfig), every field
+    compared but `REUSE_IGNORED`; the saved config is read as `TrainConfig.from_dict` reads it
+    (a key it lacks takes the value that run actually used). The one check of both
+    `sdlora.tuning.tune` and scripts/results_table.py before a folder of the right name is
+    reused: a folder made with other settings is never reused, nor silently retrained."""
+    from .config import TrainConfig
+
+    saved = TrainConfig.from_dict(run.config()).to_dict()
+    wanted = config.to_dict()
+    differ = {k: (saved.get(k), wanted[k]) for k in wanted
+              if k not in REUSE_IGNORED and saved.get(k) != wanted[k]}
+    if differ:
+        raise RunError(f"{run.path} was made with other settings (saved, wanted): {differ}; "
+                       f"move it away to train these settings, or name them (--set)")

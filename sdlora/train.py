@@ -296,7 +296,7 @@ def _train_claimed(run: RunFolder, config: TrainConfig, resuming: bool, progress
         log.info("resuming %s after task %d of %d", run.id, done, n_tasks)
         model = load_model(run, done - 1, device)
     train_sizes = [len(split.task_data(benchmark.train, t)) for t in range(n_tasks)]
-    steps_per_task = [config.epochs * math.ceil(n / config.batch_size)
+    steps_per_task = [config.loop_epochs() * math.ceil(n / config.batch_size)
                       if model.trains_by_gradient else 0 for n in train_sizes]
     global_step = sum(steps_per_task[:done])
     status = _Status(run, sum(steps_per_task), enabled=ctx.is_main)
@@ -374,7 +374,8 @@ def _train_task(model: ContinualMethod, config: TrainConfig, split: TaskSplit, b
     optimizer = _optimizer(groups, config)
     optimizers = [optimizer] + ([fused] if fused is not None and fused.trains else [])
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
-    total = config.epochs * steps_per_epoch
+    epochs = config.loop_epochs()  # hide-prompt: its share of `epochs` (TrainConfig.hide_budget)
+    total = epochs * steps_per_epoch
     schedulers = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, total) for o in optimizers]
                   if config.schedule == "cosine" else [])
     ctx = context()
@@ -386,7 +387,7 @@ def _train_task(model: ContinualMethod, config: TrainConfig, split: TaskSplit, b
     step = 0
     with open(log_path, "w") as steps_log:
         try:
-            for epoch in range(config.epochs):
+            for epoch in range(epochs):
                 model.train()
                 order = torch.randperm(len(data), generator=generator)
                 start = time.perf_counter()
@@ -440,7 +441,7 @@ def _train_task(model: ContinualMethod, config: TrainConfig, split: TaskSplit, b
                     bar.set_postfix(loss=f"{loss.item():.3f}")
                     status.steps_here += 1
                     status.write("running", task=task, tasks=split.num_tasks, epoch=epoch,
-                                 epochs=config.epochs, step=step, steps=total,
+                                 epochs=epochs, step=step, steps=total,
                                  global_step=global_step + step, loss=loss.item(),
                                  magnitudes=record.get("magnitudes", {}))
                     start = time.perf_counter()

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapters import absolute_residual, least_squares_residual, normalise
-from ..config import TrainConfig
+from ..config import HIDE_OPTIONS, TrainConfig
 from ..runs import RunError, RunFolder, atomic_write_json
 
 __all__ = [
@@ -419,7 +419,9 @@ def task_specific_weights(config: TrainConfig, epochs: int | None = None, lr: fl
 
     benchmark = benchmark or load_data(config)
     split = split_for(config, benchmark)
-    ft = TrainConfig.from_dict({**config.to_dict(), "method": "full-ft", "variant": "paper"})
+    ft = TrainConfig.from_dict({**{k: v for k, v in config.to_dict().items()
+                                   if k not in HIDE_OPTIONS},  # hide-prompt's own options
+                                "method": "full-ft", "variant": "paper"})
     epochs = epochs or config.epochs
     out = {"all": [], "qv": []}
     for task in range(config.tasks):
