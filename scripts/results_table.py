@@ -113,17 +113,24 @@ def build_jobs(args, tuned: dict) -> list[dict]:
     for method, overrides, label in specs:
         config = replace(base, method=method, **overrides)
         lr, source = lr_of(config)
-        suffix = "".join(f"-{v}" if k in ("variant", "kd_residual", "joint_adapter")
-                         else f"-{k}{v}" for k, v in overrides.items())
         reference = method == REFERENCE and not overrides
-        for key, value in settings.items():
-            overrides = dict(overrides, **{key: value})
-            suffix += f"-e{value}" if key == "epochs" else f"-{key}{value:g}" \
-                if isinstance(value, float) else f"-{key}{value}"
-        jobs.append(dict(label=label, method=method, overrides=overrides, lr=lr,
-                         lr_source=source, name=f"{method}{suffix}-lr{lr:g}",
+        jobs.append(dict(label=label, method=method, overrides={**overrides, **settings}, lr=lr,
+                         lr_source=source, name=run_name(method, overrides, settings, lr),
                          reference=reference))
     return jobs
+
+
+def run_name(method: str, overrides: dict, settings: dict, lr: float) -> str:
+    """A run folder's name without its seed: the method, the row's own `overrides` (variant,
+    residual rule, joint adapter), then the `settings` every row shares (epochs as -e<E>), then
+    the learning rate: e.g. 'sd-lora-lr0.002', 'lora-e8-lr0.002'. scripts/make_tradeoff.py
+    names its runs the same way, so the two scripts share run folders."""
+    suffix = "".join(f"-{v}" if k in ("variant", "kd_residual", "joint_adapter")
+                     else f"-{k}{v}" for k, v in overrides.items())
+    for key, value in settings.items():
+        suffix += f"-e{value}" if key == "epochs" else f"-{key}{value:g}" \
+            if isinstance(value, float) else f"-{key}{value}"
+    return f"{method}{suffix}-lr{lr:g}"
 
 
 IGNORED = {"device", "num_workers", "eval_batch_size", "extra", "amp"}
