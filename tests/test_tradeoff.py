@@ -101,3 +101,83 @@ def test_grid_and_damaged_sweep_files(make_tradeoff, tmp_path):
             load_sweep(bad)
     with pytest.raises(SweepError, match="does not exist.*make_tradeoff"):
         load_sweep(tmp_path / "none.json")
+
+
+# -- the page ------------------------------------------------------------------------------------
+def _page(monkeypatch, tmp_path, sweep_text=None, query=None):
+    """The Trade-off page over the repo's demo runs (linked, read-only), with the repo's sweep
+    file, or with `sweep_text` as the sweep file ('' : none at all)."""
+    from streamlit.testing.v1 import AppTest
+
+    cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)
+    (cache / "demo").symlink_to(REPO / "cache" / "demo")
+    monkeypatch.setenv("SDLORA_CACHE", str(cache))
+    if sweep_text is not None:
+        results = tmp_path / "results"
+        results.mkdir()
+        if sweep_text:
+            (results / "tradeoff_glyphs40.json").write_text(sweep_text)
+        monkeypatch.setenv("SDLORA_RESULTS", str(results))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    at.run()
+    at.switch_page("pages/tradeoff.py")
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def test_page_plane_moves_with_the_task_and_shows_the_chosen_run(monkeypatch, tmp_path):
+    at = _page(monkeypatch, tmp_path)
+    assert len(at.get("plotly_chart")) == 2 and not at.error
+    assert at.slider(key="tradeoff_after").value == 5  # the demo runs' last task
+    at.slider(key="tradeoff_after").set_value(2).run()
+    assert "after task 2" in at.get("plotly_chart")[0].proto.spec
+    lora_s1 = str(tmp_path / "cache" / "demo" / "lora-s1")
+    at.selectbox(key="tradeoff_run").set_value(lora_s1).run()
+    assert "lora-s1: learned vs kept" in at.get("plotly_chart")[1].proto.spec
+    at.toggle(key="tradeoff_grouped").set_value(True).run()
+    assert "(3 runs)" in at.get("plotly_chart")[0].proto.spec  # lora's 3 seeds, one point
+    at.button(key="tradeoff-open").click().run()
+    assert not at.exception
+    assert at.session_state["selected_run"] == lora_s1
+    assert any(t.value == "Accuracy" for t in at.title)  # on the Accuracy page
+
+
+def test_page_frontiers_and_lesson_from_the_shipped_sweep(monkeypatch, tmp_path):
+    at = _page(monkeypatch, tmp_path, query=dict(view="Frontiers", knob="epochs"))
+    assert at.radio(key="tradeoff_knob").value == "epochs"
+    assert len(at.get("plotly_chart")) == 1 and not at.error
+    data = load_sweep(REPO / "results" / "tradeoff_glyphs40.json")
+    if data["missing"]:
+        assert any(f"{len(data['missing'])} runs of the sweep" in e.label for e in at.expander)
+    at.session_state["tradeoff_view"] = "Lesson"
+    at.run()
+    question = at.radio(key="tradeoff_answer_1")
+    assert question.value is None and not at.get("plotly_chart")  # nothing shown before a guess
+    question.set_value("SD-LoRA").run()
+    verdict = [s.value for s in at.success] + [w.value for w in at.warning]
+    assert len(verdict) == 1 and len(at.get("plotly_chart")) == 1
+    for step in range(2, 7):
+        at.button(key="tradeoff-next").click().run()
+        radio = at.radio(key=f"tradeoff_answer_{step}")
+        radio.set_value(radio.options[0]).run()
+        assert not at.exception and not at.error
+
+
+@pytest.mark.parametrize("text, said", [("", "does not exist"), ("{", "not readable JSON")])
+def test_page_without_or_with_a_damaged_sweep_file(monkeypatch, tmp_path, text, said):
+    at = _page(monkeypatch, tmp_path, sweep_text=text,
+               query=dict(view="Frontiers", after="seven"))
+    assert any(said in i.value for i in at.info), [i.value for i in at.info]
+    at.session_state["tradeoff_view"] = "Lesson"
+    at.session_state["tradeoff_step"] = 4
+    at.run()
+    at.radio(key="tradeoff_answer_4").set_value("they are kept better").run()
+    assert any("needs vanilla LoRA's learning-rate sweep" in i.value for i in at.info)
+    at.session_state["tradeoff_view"] = "Plane"
+    at.run()
+    assert not at.exception and len(at.get("plotly_chart")) == 2  # the runs' plane still draws
+    assert any("after='seven' is not valid" in c.value for c in at.caption)
