@@ -1,8 +1,10 @@
 """Trade-off: every run as a point in the plasticity/stability plane, the sweeps' frontiers, and
 a guided lesson.
 
-State (session-state / widget keys, for links that reproduce a view; each control also takes its
-first value from the URL query parameter of the same name without the `tradeoff_` prefix):
+The page's whole state is the session-state / widget keys listed below (KEYS, plus ANSWER per
+lesson step); each control takes its first value from the URL query parameter named like its
+key without the `tradeoff_` prefix (?view=Lesson&step=3, ?after=2&grouped=1, ?knob=epochs), a
+bad value falling back to the default with a one-line note.
 """
 import streamlit as st
 
@@ -334,7 +336,8 @@ def step_learned(context: dict):
         a, b = (float(learned[m].mean()) for m in ("lora", "sd-lora"))
         verdict(answer, choices[2] if abs(a - b) < 1 else choices[0] if a > b else choices[1])
         fig = figures.mean_curve_figure(learned, "Each task's accuracy right after it was learned")
-        fig.update_layout(xaxis_title="task", yaxis_title="accuracy on the task, right after it (%)")
+        fig.update_layout(xaxis_title="task",
+                          yaxis_title="accuracy on the task, right after it (%)")
         st.plotly_chart(fig, width="stretch", key="lesson-1")
         st.markdown(f"Vanilla LoRA learned its tasks to {a:.1f}% on average, SD-LoRA to {b:.1f}% "
                     "(the mean over tasks and seeds of the accuracy matrix's diagonal). This is "
@@ -446,23 +449,27 @@ def step_epochs(context: dict):
         line = lesson_line(context, "epochs", ["lora", "sd-lora"])
         lora = line[line["method"] == "lora"] if not line.empty else line
         if len(lora) < 2:
-            return needs("vanilla LoRA's epochs sweep (two epoch counts or more)")
-        short, long = lora.iloc[0], lora.iloc[-1]
-        dp, df = long.plasticity - short.plasticity, long.forgetting - short.forgetting
-        verdict(answer, choices[2] if dp <= 1 else choices[0] if df > 1 else choices[1])
-        st.plotly_chart(figures.tradeoff_figure(line, "Both methods as the epochs per task grow",
-                                                lines=True), width="stretch", key="lesson-6")
-        st.markdown(f"From {short.value:g} to {long.value:g} epochs a task vanilla LoRA's "
-                    f"plasticity moved by {dp:+.1f} points and its forgetting by {df:+.1f}. "
-                    "Longer training pulls every update further from what the earlier tasks "
-                    "needed, unless the method keeps their directions apart.")
+            needs("vanilla LoRA's epochs sweep (two epoch counts or more)")
+        else:
+            short, long = lora.iloc[0], lora.iloc[-1]
+            dp, df = long.plasticity - short.plasticity, long.forgetting - short.forgetting
+            verdict(answer, choices[2] if dp <= 1 else choices[0] if df > 1 else choices[1])
+            st.plotly_chart(figures.tradeoff_figure(line, "Both methods as the epochs per task "
+                                                          "grow", lines=True),
+                            width="stretch", key="lesson-6")
+            st.markdown(f"From {short.value:g} to {long.value:g} epochs a task vanilla LoRA's "
+                        f"plasticity moved by {dp:+.1f} points and its forgetting by {df:+.1f}. "
+                        "Longer training pulls one shared update further from what the earlier "
+                        "tasks needed, unless the method keeps their directions apart.")
         rates = lesson_line(context, "lr", ["lora"])
-        lr = (float(rates.loc[rates["forgetting"].idxmax(), "value"]) if not rates.empty
+        lr = (float(rates.loc[rates["forgetting"].idxmax(), "value"]) if len(rates) > 1
               else TrainConfig().lr)
-        suggestion = dict(methods=["lora", "sd-lora"], lr=lr, epochs=int(long.value), seed=3)
-        st.markdown(f"**Try it yourself**: vanilla LoRA and SD-LoRA at lr {lr:g} (where LoRA "
-                    f"forgot most in the sweep) with {int(long.value)} epochs a task, on a seed "
-                    "the sweep did not use (3). Then find both runs here, in the plane.")
+        epochs = int(lora["value"].max()) if len(lora) > 1 else 2 * TrainConfig().epochs
+        where = "where LoRA forgot most in the sweep" if len(rates) > 1 else "the paper's rate"
+        suggestion = dict(methods=["lora", "sd-lora"], lr=lr, epochs=epochs, seed=3)
+        st.markdown(f"**Try it yourself**: vanilla LoRA and SD-LoRA at lr {lr:g} ({where}) with "
+                    f"{epochs} epochs a task, on a seed the sweep did not use (3). Then find "
+                    "both runs here, in the plane.")
         st.button("Open the Train page with these settings", key="lesson-train",
                   on_click=_suggest, args=(suggestion,), type="primary")
         if st.session_state.pop("_tradeoff_train", False):

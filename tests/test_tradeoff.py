@@ -165,6 +165,10 @@ def test_page_frontiers_and_lesson_from_the_shipped_sweep(monkeypatch, tmp_path)
         radio = at.radio(key=f"tradeoff_answer_{step}")
         radio.set_value(radio.options[0]).run()
         assert not at.exception and not at.error
+    at.button(key="lesson-train").click().run()  # the last step: to the Train page, filled in
+    assert any(t.value == "Train" for t in at.title) and not at.exception
+    assert any("Settings from the Trade-off lesson: lora and sd-lora" in i.value for i in at.info)
+    assert at.number_input[2].value == at.session_state["train_suggestion"]["lr"]
 
 
 @pytest.mark.parametrize("text, said", [("", "does not exist"), ("{", "not readable JSON")])
