@@ -194,9 +194,12 @@ def plane() -> None:
                      help="Runs whose whole configuration but the seed is the same become "
                           "one point with standard-error bars.")
     paths = list(runs)
-    initial(RUN, str, paths[0], paths)
+    # first: the run chosen in the sidebar, else SD-LoRA's first
+    first = next((p for p in [st.session_state.get(ui.SELECTED_RUN)]
+                  + [p for p in paths if runs[p]["method"] == "sd-lora"] if p in runs), paths[0])
+    initial(RUN, str, first, paths)
     if st.session_state[RUN] not in paths:
-        st.session_state[RUN] = paths[0]
+        st.session_state[RUN] = first
     left, right = st.columns([3, 2])
     with left:
         fig, shown = plane_view(stamped, after, mean)
@@ -336,7 +339,7 @@ def step_learned(context: dict):
         a, b = (float(learned[m].mean()) for m in ("lora", "sd-lora"))
         verdict(answer, choices[2] if abs(a - b) < 1 else choices[0] if a > b else choices[1])
         fig = figures.mean_curve_figure(learned, "Each task's accuracy right after it was learned")
-        fig.update_layout(xaxis_title="task",
+        fig.update_layout(xaxis_title="task", xaxis_dtick=1,
                           yaxis_title="accuracy on the task, right after it (%)")
         st.plotly_chart(fig, width="stretch", key="lesson-1")
         st.markdown(f"Vanilla LoRA learned its tasks to {a:.1f}% on average, SD-LoRA to {b:.1f}% "
@@ -358,7 +361,7 @@ def step_kept(context: dict):
         kept = {m: float(v[:, -1].mean()) for m, v in first.items()}
         verdict(answer, choices[0] if kept["lora"] > kept["sd-lora"] else choices[1])
         fig = figures.mean_curve_figure(first, "Task 1's accuracy as the later tasks arrive")
-        fig.update_layout(yaxis_title="accuracy on task 1's test data (%)")
+        fig.update_layout(xaxis_dtick=1, yaxis_title="accuracy on task 1's test data (%)")
         st.plotly_chart(fig, width="stretch", key="lesson-2")
         st.markdown(f"After the last task vanilla LoRA kept {kept['lora']:.1f}% on task 1 and "
                     f"SD-LoRA {kept['sd-lora']:.1f}% (from {first['lora'][:, 0].mean():.1f}% and "
@@ -494,7 +497,7 @@ def lesson() -> None:
     st.progress(step / len(STEPS), text=f"Step {step} of {len(STEPS)}")
     context = dict(runs=finished(runs_key()), sweep=sweep())
     question, choices, reveal = STEPS[step - 1](context)
-    answer = st.radio(question, choices, index=None, key=ANSWER.format(step))
+    answer = st.radio(f"**{question}**", choices, index=None, key=ANSWER.format(step))
     if answer is not None:
         reveal(answer)
     back, forward = st.columns(2)

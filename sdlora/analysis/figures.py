@@ -189,8 +189,9 @@ def task_tradeoff_bars(frame: pd.DataFrame, title: str) -> go.Figure:
                              marker_color=colour,
                              hovertemplate="%{x}: %{y:.1f}%<extra>" + name + "</extra>"))
     fig.update_layout(barmode="group")
-    return _layout(fig, title, "task", "accuracy on the task's test data (%)",
-                   yaxis_range=[0, 100])
+    fig = _layout(fig, title, "task", "accuracy on the task's test data (%)",
+                  yaxis_range=[0, 100])
+    return fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
 
 
 def magnitude_figure(series: pd.DataFrame, title: str = "Learned magnitudes") -> go.Figure:
