@@ -512,6 +512,11 @@ def _go(step: int) -> None:
 
 
 def body() -> None:
+    # Streamlit forgets a widget's value in a run that does not draw it: keep the choices of
+    # the views not shown (and every lesson answer) for when the student comes back to them.
+    for key in [*KEYS, *(ANSWER.format(i) for i in range(1, len(STEPS) + 1))]:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
     initial(VIEW, str, VIEWS[0], VIEWS)
     view = st.segmented_control("View", VIEWS, key=VIEW, label_visibility="collapsed")
     if view == "Frontiers":

@@ -153,6 +153,7 @@ def test_page_frontiers_and_lesson_from_the_shipped_sweep(monkeypatch, tmp_path)
     data = load_sweep(REPO / "results" / "tradeoff_glyphs40.json")
     if data["missing"]:
         assert any(f"{len(data['missing'])} runs of the sweep" in e.label for e in at.expander)
+    at.radio(key="tradeoff_knob").set_value("lr").run()
     at.session_state["tradeoff_view"] = "Lesson"
     at.run()
     question = at.radio(key="tradeoff_answer_1")
@@ -165,6 +166,12 @@ def test_page_frontiers_and_lesson_from_the_shipped_sweep(monkeypatch, tmp_path)
         radio = at.radio(key=f"tradeoff_answer_{step}")
         radio.set_value(radio.options[0]).run()
         assert not at.exception and not at.error
+    at.session_state["tradeoff_view"] = "Frontiers"  # the frontiers' choice was kept
+    at.run()
+    assert at.radio(key="tradeoff_knob").value == "lr"
+    at.session_state["tradeoff_view"] = "Lesson"
+    at.run()
+    assert at.radio(key="tradeoff_answer_6").value is not None  # and the answer given
     at.button(key="lesson-train").click().run()  # the last step: to the Train page, filled in
     assert any(t.value == "Train" for t in at.title) and not at.exception
     assert any("Settings from the Trade-off lesson: lora and sd-lora" in i.value for i in at.info)
