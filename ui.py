@@ -43,6 +43,9 @@ def route_through_app() -> None:
 # Session-state keys (named once, used everywhere).
 SELECTED_RUN = "selected_run"
 COMPARE_RUNS = "compare_runs"
+# Settings another page suggests for the Train page's form (the Trade-off lesson's last step):
+# dict(methods, lr, epochs, seed); kept until cleared there.
+TRAIN_SUGGESTION = "train_suggestion"
 
 PAPER_CODE = "https://github.com/WuYichen-97/SD-Lora-CL"  # the URL the paper gives
 

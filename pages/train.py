@@ -27,6 +27,15 @@ from sdlora.tuning import chosen_lr, load_tuned, tuned_path  # noqa: E402
 
 cuda = ui.cuda_device() is not None
 default = TrainConfig()
+lesson_settings = st.session_state.get(ui.TRAIN_SUGGESTION)  # from the Trade-off lesson
+if lesson_settings:
+    default = replace(default, lr=lesson_settings["lr"], epochs=lesson_settings["epochs"])
+    st.info(f"Settings from the Trade-off lesson: {' and '.join(lesson_settings['methods'])} "
+            f"at lr {lesson_settings['lr']:g}, {lesson_settings['epochs']} epochs a task, seed "
+            f"{lesson_settings['seed']}. Queue them below (the validation-chosen rate is "
+            "unticked so that this rate is used).")
+    st.button("Back to the defaults", key="train-clear-suggestion",
+              on_click=lambda: st.session_state.pop(ui.TRAIN_SUGGESTION, None))
 with st.form("train"):
     preset = st.selectbox("Preset", ["(none: the settings below)"] + list(PRESETS),
                           help="One of the paper's experiments (ViT-B/16, its data set, epochs, "
@@ -49,18 +58,20 @@ with st.form("train"):
                             help="embedded-vit (renditions20's) and glyph-vit (glyphs40's) ship "
                                  "with the repo; ViT-B/16 needs its weights (hub or local file) "
                                  "and a GPU.")
-    chosen = c1.multiselect("Method(s)", list(METHODS), default=["sd-lora"],
+    chosen = c1.multiselect("Method(s)", list(METHODS),
+                            default=(lesson_settings or {}).get("methods", ["sd-lora"]),
                             help="\n".join(f"{k}: {v}" for k, v in METHODS.items()))
     tasks = c2.number_input("Tasks", value=default.tasks, step=1)
     epochs = c2.number_input("Epochs per task", value=default.epochs, step=1)
     lr = c2.number_input("Learning rate", value=default.lr, format="%.4f", step=0.001)
     use_tuned = c2.checkbox(
-        "Each method's validation-chosen rate", value=True,
+        "Each method's validation-chosen rate", value=not lesson_settings,
         help="Where scripts/tune_lr.py chose a learning rate for the method on this benchmark "
              "(on a validation split of the training data, results/tuned_lr.json), use it "
              "instead of the number above; the README's tables are trained that way.")
     rank = c3.number_input("Rank r", value=default.rank, step=1)
-    seed = c3.number_input("Seed", value=0, step=1)
+    seed = c3.number_input("Seed", value=lesson_settings["seed"] if lesson_settings else 0,
+                           step=1)
     device = c3.selectbox("Device", ["cuda", "cpu"] if cuda else ["cpu"],
                           help="CUDA when a GPU is present, else the CPU.")
     b1, b2 = st.columns(2)

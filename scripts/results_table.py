@@ -117,21 +117,30 @@ def build_jobs(args, tuned: dict) -> list[dict]:
         config = TrainConfig(**{"benchmark": args.benchmark, **settings, "method": method,
                                 **overrides})
         lr, source = lr_of(config)
-        suffix = "".join(f"-{v}" if k in ("variant", "kd_residual", "joint_adapter",
-                                          "hide_budget")
-                         else f"-{k}{v}" for k, v in overrides.items())
-        if method == "hide-prompt" and "hide_budget" not in {**overrides, **settings}:
-            suffix += f"-{config.hide_budget}"  # always named: folders before it ran 'released'
-
         reference = method == REFERENCE and not overrides
-        for key, value in settings.items():
-            overrides = dict(overrides, **{key: value})
-            suffix += f"-e{value}" if key == "epochs" else f"-{key}{value:g}" \
-                if isinstance(value, float) else f"-{key}{value}"
-        jobs.append(dict(label=label, method=method, overrides=overrides, lr=lr,
-                         lr_source=source, name=f"{method}{suffix}-lr{lr:g}",
+        jobs.append(dict(label=label, method=method, overrides={**overrides, **settings}, lr=lr,
+                         lr_source=source,
+                         name=run_name(method, overrides, settings, lr, config.hide_budget),
                          reference=reference, part_rates=part_rates(replace(config, lr=lr))))
     return jobs
+
+
+def run_name(method: str, overrides: dict, settings: dict, lr: float,
+             hide_budget: str = "equal") -> str:
+    """A run folder's name without its seed: the method, the row's own `overrides` (variant,
+    residual rule, joint adapter, HiDe-Prompt's budget), then the `settings` every row shares
+    (epochs as -e<E>), then the learning rate: e.g. 'sd-lora-lr0.002', 'lora-e8-lr0.002',
+    'hide-prompt-equal-lr0.008'. HiDe-Prompt's budget is always named (folders from before the
+    budget existed ran the released stages and are never picked up for the equal budget).
+    scripts/make_tradeoff.py names its runs the same way, so the two scripts share folders."""
+    suffix = "".join(f"-{v}" if k in ("variant", "kd_residual", "joint_adapter", "hide_budget")
+                     else f"-{k}{v}" for k, v in overrides.items())
+    if method == "hide-prompt" and "hide_budget" not in {**overrides, **settings}:
+        suffix += f"-{hide_budget}"
+    for key, value in settings.items():
+        suffix += f"-e{value}" if key == "epochs" else f"-{key}{value:g}" \
+            if isinstance(value, float) else f"-{key}{value}"
+    return f"{method}{suffix}-lr{lr:g}"
 
 
 def run_seed(root: Path, job: dict, seed: int, benchmark: str, may_train: bool) -> dict | None:

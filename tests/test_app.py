@@ -12,8 +12,8 @@ from sdlora.runs import RunFolder, atomic_write_json
 from sdlora.train import train
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ["overview", "train", "accuracy", "magnitudes", "directions", "interpolation",
-         "theory", "efficiency"]
+PAGES = ["overview", "tradeoff", "train", "accuracy", "magnitudes", "directions",
+         "interpolation", "theory", "efficiency"]
 
 
 def _open(page: str) -> AppTest:

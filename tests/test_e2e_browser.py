@@ -18,8 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
-PAGES = ["overview", "train", "accuracy", "magnitudes", "directions", "interpolation", "theory",
-         "efficiency"]
+PAGES = ["overview", "tradeoff", "train", "accuracy", "magnitudes", "directions",
+         "interpolation", "theory", "efficiency"]
 TITLES = ["Overview", "Train", "Accuracy", "Magnitudes", "Directions", "Interpolation", "Theory",
           "Efficiency"]
 FILE_NAMES = {"app", *PAGES}

@@ -23,6 +23,7 @@ from .core import (
     within_task_accuracy,
 )
 from .theory import matrix_factorisation_dynamics
+from .tradeoff import stability_plasticity, tradeoff_point
 from .landscape import toy_landscape
 
 __all__ = [
@@ -39,8 +40,10 @@ __all__ = [
     "residual_series",
     "residuals_at_task_end",
     "seed_groups",
+    "stability_plasticity",
     "table5_row",
     "task_identity_matrix",
     "task_specific_weights",
     "toy_landscape",
+    "tradeoff_point",
 ]

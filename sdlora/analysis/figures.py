@@ -14,12 +14,13 @@ __all__ = [
     "METHOD_COLOURS", "task_colour", "accuracy_heatmap", "accuracy_curves", "forgetting_curves",
     "magnitude_figure", "residual_figure", "residual_bars", "distance_heatmap",
     "interpolation_figure", "theorem_figure", "landscape_figure", "step_cost_figure",
-    "mean_curve_figure", "step_cost_curve_figure",
+    "mean_curve_figure", "step_cost_curve_figure", "tradeoff_figure", "task_tradeoff_bars",
 ]
 
 METHOD_COLOURS = {
     "sd-lora": "#d62728", "sd-lora-rr": "#ff7f0e", "sd-lora-kd": "#8c564b",
     "lora": "#1f77b4", "full-ft": "#7f7f7f", "frozen": "#2ca02c",
+    "inflora": "#8c6d31", "coda-prompt": "#637939",
     "fixed-first-direction": "#9467bd", "single-decoupled": "#e377c2", "no-rescale": "#17becf",
     "frozen-magnitudes": "#393b79",
 }
@@ -139,6 +140,58 @@ def mean_curve_figure(curves: dict[str, np.ndarray], title: str) -> go.Figure:
                                  hovertemplate="after task %{x}: %{y:.1f}%<extra>" + method
                                                + "</extra>"))
     return _layout(fig, title, "after task", "accuracy on all seen classes (%)")
+
+
+REFERENCE_METHODS = ("joint", "frozen", "simplecil")  # the trade-off plane's reference marks
+_REFERENCE_SYMBOLS = {"joint": "star", "frozen": "square", "simplecil": "diamond"}
+
+
+def tradeoff_figure(points: pd.DataFrame, title: str, lines: bool = False) -> go.Figure:
+    """The stability-plasticity plane: x = plasticity (mean learning accuracy), y = forgetting
+    (mean over the earlier tasks) on a reversed axis, so up is stable and right is plastic.
+    `points`: label, method, plasticity, forgetting, optional plasticity_se / forgetting_se
+    (error bars), text (shown beside the point), key (customdata: what choosing it selects).
+    One trace per method; joint, frozen and simplecil as reference marks. With `lines`, each
+    method's points are joined in their order (a sweep's curve)."""
+    fig = go.Figure()
+    for method, group in points.groupby("method", sort=False):
+        reference = method in _REFERENCE_SYMBOLS
+        error = {axis: dict(type="data", array=group[f"{name}_se"].fillna(0), thickness=1)
+                 for axis, name in (("error_x", "plasticity"), ("error_y", "forgetting"))
+                 if f"{name}_se" in group}
+        fig.add_trace(go.Scatter(
+            x=group["plasticity"], y=group["forgetting"], name=method,
+            mode=("lines+markers" if lines and not reference else "markers")
+            + ("+text" if "text" in group else ""),
+            text=group.get("text"), textposition="top center",
+            customdata=group.get("key", group["label"]),
+            marker=dict(color=method_colour(method), size=16 if reference else 11,
+                        symbol=_REFERENCE_SYMBOLS.get(method, "circle"),
+                        line=dict(color="black", width=1.5 if reference else 0.5)),
+            line=dict(color=method_colour(method)), **error,
+            hovertext=group["label"],
+            hovertemplate="%{hovertext}<br>plasticity (mean learning accuracy) %{x:.1f}%<br>"
+                          "forgetting (mean over earlier tasks) %{y:.1f} pts<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, "plasticity: mean accuracy on each task right after it "
+                               "was learned (%) →",
+                   "forgetting: mean points lost by the earlier tasks (less ↑)")
+
+
+def task_tradeoff_bars(frame: pd.DataFrame, title: str) -> go.Figure:
+    """Per task: what it learned (accuracy right after it) beside what was kept of it."""
+    fig = go.Figure()
+    for column, name, colour in (("learning_accuracy", "learned (right after the task)",
+                                  "#1f77b4"),
+                                 ("final_accuracy", "kept (after the last task shown)",
+                                  "#d62728")):
+        fig.add_trace(go.Bar(x=[f"task {t}" for t in frame["task"]], y=frame[column], name=name,
+                             marker_color=colour,
+                             hovertemplate="%{x}: %{y:.1f}%<extra>" + name + "</extra>"))
+    fig.update_layout(barmode="group")
+    fig = _layout(fig, title, "task", "accuracy on the task's test data (%)",
+                  yaxis_range=[0, 100])
+    return fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
 
 
 def magnitude_figure(series: pd.DataFrame, title: str = "Learned magnitudes") -> go.Figure:
