@@ -87,7 +87,7 @@ def build_jobs(args, tuned: dict) -> list[dict]:
         if own is not None:
             return own, "tuned" + where
         if config.method in SD_LORA_FAMILY:
-            ref = tuned_lr(tuned, replace(config, method=REFERENCE, variant="paper"))
+            ref = tuned_lr(tuned, config.with_options(method=REFERENCE, variant="paper"))
             if ref is not None:
                 return ref, "sd-lora's" + where
         if config.method == "sd-lora" and config.variant != "paper":
@@ -111,13 +111,14 @@ def build_jobs(args, tuned: dict) -> list[dict]:
     specs += [e for e in EXTRA if e[0] in args.methods]
     jobs = []
     for method, overrides, label in specs:
-        config = replace(base, method=method, **overrides)
+        config = base.with_options(method=method, **overrides)  # --set where it applies
         lr, source = lr_of(config)
         suffix = "".join(f"-{v}" if k in ("variant", "kd_residual", "joint_adapter")
                          else f"-{k}{v}" for k, v in overrides.items())
         reference = method == REFERENCE and not overrides
-        for key, value in settings.items():
-            overrides = dict(overrides, **{key: value})
+        for key, value in settings.items():  # in the name even where it does not apply,
+            if getattr(config, key) == value:  # as the folders made before issue 23
+                overrides = dict(overrides, **{key: value})
             suffix += f"-e{value}" if key == "epochs" else f"-{key}{value:g}" \
                 if isinstance(value, float) else f"-{key}{value}"
         jobs.append(dict(label=label, method=method, overrides=overrides, lr=lr,
