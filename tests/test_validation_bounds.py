@@ -242,3 +242,4 @@ def test_a_cache_that_is_a_file_is_named(tmp_path, monkeypatch, capsys):
         list_runs()
     code, err = _cli(["runs"], capsys)
     assert code == 2 and f"SDLORA_CACHE={cache} must name a folder" in err, err
+
