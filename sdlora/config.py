@@ -189,9 +189,14 @@ MAGNITUDE_MAX = 100.0
 # ViT-B/16 sequence 197; a million tokens failed in the allocator.
 PROMPT_TOKENS_MAX = 1024
 PROMPT_POOL_MAX = 1024  # prompts in a pool (released: 10 to 100)
-PROMPT_BYTES_MAX = 2**30  # the prompt parameters (pool x length x width x 4 bytes), estimated
-LOSS_WEIGHT_MAX = 1000.0  # pull_weight, ortho_weight, hide_contrast_weight, weight_decay: 1000 x
-WEIGHT_DECAY_MAX = 1.0    # the loss already swamps it; 1e300 overflows to inf
+# The prompts' parameters, estimated before they are allocated: pool x length x width x 4 bytes
+# (x 5 prefix blocks for dualprompt and coda-prompt)
+PROMPT_BYTES_MAX = 2**30
+# pull_weight, ortho_weight, hide_contrast_weight: a term 1000 times the cross-entropy already
+# decides alone; 1e300 overflows the loss to inf. weight_decay: 1 shrinks every weight by lr a
+# step; the released codes use 0 to 5e-4.
+LOSS_WEIGHT_MAX = 1000.0
+WEIGHT_DECAY_MAX = 1.0
 WORKERS_MAX = 256  # DataLoader worker processes
 
 
