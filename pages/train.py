@@ -20,7 +20,7 @@ from sdlora import jobs  # noqa: E402
 from sdlora.backbone import BACKBONES  # noqa: E402
 from sdlora.config import (BENCHMARK_BACKBONES, DEFAULT_BACKBONE, METHODS,  # noqa: E402
                            ConfigError, TrainConfig)
-from sdlora.data import DataError, benchmark_names  # noqa: E402
+from sdlora.data import BENCHMARKS, DataError, benchmark_names  # noqa: E402
 from sdlora.presets import PRESETS, preset_config  # noqa: E402
 from sdlora.train import load_data, split_for  # noqa: E402
 from sdlora.tuning import chosen_lr, load_tuned, tuned_path  # noqa: E402
@@ -36,22 +36,29 @@ if lesson_settings:
             "unticked so that this rate is used).")
     st.button("Back to the defaults", key="train-clear-suggestion",
               on_click=lambda: st.session_state.pop(ui.TRAIN_SUGGESTION, None))
+# Preset and benchmark outside the form: the data folder (and the suggested backbone) follow
+# them as soon as they change, not at the next submit.
+preset = st.selectbox("Preset", ["(none: the settings below)"] + list(PRESETS),
+                      help="One of the paper's experiments (ViT-B/16, its data set, epochs, "
+                           "optimiser), or the embedded benchmark's own: glyphs40-5 (the "
+                           "default) and glyphs80-10 (80 classes, 10 tasks of 8). With a "
+                           "preset only method, seed, device and the data folder below are "
+                           "used.")
+names = benchmark_names()
+benchmark = st.selectbox("Benchmark", names, index=names.index(default.benchmark),
+                         help="glyphs40 (the default): glyph classes in typefaces and styles "
+                              "its foundation model never saw, where adapting the backbone "
+                              "pays. renditions20: Fashion-MNIST and digit renditions, where "
+                              "the frozen features already suffice.")
+embedded = (preset_config(preset).benchmark if preset in PRESETS else benchmark) in BENCHMARKS
 with st.form("train"):
-    preset = st.selectbox("Preset", ["(none: the settings below)"] + list(PRESETS),
-                          help="One of the paper's experiments (ViT-B/16, its data set, epochs, "
-                               "optimiser), or the embedded benchmark's own: glyphs40-5 (the "
-                               "default) and glyphs80-10 (80 classes, 10 tasks of 8). With a "
-                               "preset only method, seed, device and the data folder below are "
-                               "used.")
     c1, c2, c3 = st.columns(3)
-    names = benchmark_names()
-    benchmark = c1.selectbox("Benchmark", names, index=names.index(default.benchmark),
-                             help="glyphs40 (the default): glyph classes in typefaces and styles "
-                                  "its foundation model never saw, where adapting the backbone "
-                                  "pays. renditions20: Fashion-MNIST and digit renditions, where "
-                                  "the frozen features already suffice.")
     data_root = c1.text_input("Data folder (the paper's benchmarks)", value="",
-                              help="Not needed for the embedded benchmarks.")
+                              disabled=embedded,
+                              help="Not used by the embedded benchmarks (glyphs40, "
+                                   "renditions20, ...): they are made in memory." if embedded
+                              else "The benchmark's folder (default $SDLORA_DATA/<name>).")
+    data_root = "" if embedded else data_root
     # Each embedded benchmark with the foundation model made for it (changeable).
     suggested = BENCHMARK_BACKBONES.get(benchmark, DEFAULT_BACKBONE)
     backbone = c1.selectbox("Backbone", list(BACKBONES), index=list(BACKBONES).index(suggested),

@@ -26,7 +26,7 @@ from sdlora.train import holdout_split, load_data, train  # noqa: E402
 
 
 def run_acc(bench=None, **overrides) -> tuple[float, float]:
-    cfg = TrainConfig(**overrides)
+    cfg = TrainConfig().with_options(**overrides)  # new_magnitude_init where it applies
     with tempfile.TemporaryDirectory() as tmp:
         start = time.time()
         run = train(cfg, out=f"{tmp}/run", progress=False,

@@ -87,7 +87,7 @@ def build_jobs(args, tuned: dict) -> list[dict]:
             edge = ", at the grid's edge (cap)" if at_cap(tuned[summary_key(config)]) else ""
             return own, "tuned" + where + edge
         if config.method in SD_LORA_FAMILY:
-            ref = tuned_lr(tuned, replace(config, method=REFERENCE, variant="paper"))
+            ref = tuned_lr(tuned, config.with_options(method=REFERENCE, variant="paper"))
             if ref is not None:
                 return ref, "sd-lora's" + where
         if config.method == "sd-lora" and config.variant != "paper":
@@ -113,12 +113,15 @@ def build_jobs(args, tuned: dict) -> list[dict]:
     specs += [e for e in EXTRA if e[0] in args.methods]
     jobs = []
     for method, overrides, label in specs:
-        # made afresh, so the method's own defaults (head rate, clip) resolve as run_seed's do
-        config = TrainConfig(**{"benchmark": args.benchmark, **settings, "method": method,
-                                **overrides})
+        # made afresh, so the method's own defaults (head rate, clip) resolve as run_seed's do;
+        # --set where it applies to the method (with_options)
+        config = TrainConfig(benchmark=args.benchmark, method=method).with_options(
+            **settings, **overrides)
         lr, source = lr_of(config)
         reference = method == REFERENCE and not overrides
-        jobs.append(dict(label=label, method=method, overrides={**overrides, **settings}, lr=lr,
+        # --set is in the name even where it does not apply, as the folders made before issue 23
+        applied = {k: v for k, v in settings.items() if getattr(config, k) == v}
+        jobs.append(dict(label=label, method=method, overrides={**overrides, **applied}, lr=lr,
                          lr_source=source,
                          name=run_name(method, overrides, settings, lr, config.hide_budget),
                          reference=reference, part_rates=part_rates(replace(config, lr=lr))))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import timm
 from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["BackboneSpec", "EMBEDDED", "EMBEDDED_WEIGHTS", "GLYPH", "GLYPH_WEIGHTS",
-           "create_backbone", "BACKBONES", "image_size"]
+           "create_backbone", "BACKBONES", "image_size", "backbone_width"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,21 @@ def image_size(name: str) -> int:
     """Input size of backbone `name` (the embedded ViT: 28; ViT-B/16 and other tags: 224)."""
     spec = BACKBONES.get(name)
     return int(spec.kwargs.get("img_size", 224)) if spec else 224
+
+
+@lru_cache(maxsize=None)
+def backbone_width(name: str) -> int:
+    """The width D of backbone `name` (its qkv projections are D x D per q, k, v: a rank above D
+    adds nothing). From the spec's ``embed_dim`` where it names one, else from the model built
+    on the meta device (shapes only, no memory, no weights)."""
+    import torch
+
+    spec = BACKBONES.get(name) or BackboneSpec(name)
+    if "embed_dim" in spec.kwargs:
+        return int(spec.kwargs["embed_dim"])
+    with torch.device("meta"):
+        model = timm.create_model(spec.arch, pretrained=False, num_classes=0, **spec.kwargs)
+    return int(model.embed_dim)
 
 
 def create_backbone(name: str, pretrained: bool = True, weights: Path | None = None,

@@ -220,10 +220,13 @@ def _check_weights(weights: Path) -> None:
 
 def _check_before_training(config: TrainConfig) -> None:
     """Everything that can fail before training: data, task count, device, weights."""
+    from dataclasses import replace
+
     from .backbone import BACKBONES, create_backbone
     from .train import load_data, resolve_device, split_for
 
-    resolve_device(config.device)
+    if resolve_device(config.device).type == "cpu":  # 'auto' here: what applies on a CPU
+        replace(config, device="cpu")  # validated: refuses amp='bf16', which does nothing here
     benchmark = load_data(config)
     try:
         split_for(config, benchmark)
@@ -343,9 +346,15 @@ def _cmd_pretrain(args) -> int:
     return 0
 
 
+IDLE_EXIT_MAX = 7 * 24 * 3600.0  # a week: a worker always ends
+
+
 def _cmd_worker(args) -> int:
     from .jobs import worker_loop
 
+    if not 0 <= args.idle_exit <= IDLE_EXIT_MAX:  # also nan, which never compares as idle
+        raise ConfigError(f"--idle-exit {args.idle_exit} is not valid; give the seconds a "
+                          f"worker waits with nothing queued, from 0 to {IDLE_EXIT_MAX:g}")
     worker_loop(idle_exit=args.idle_exit)
     return 0
 
@@ -361,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     sub.add_parser("presets", help="the paper's experiments with their reported results")
     p = sub.add_parser("worker", help="run the queue of training jobs (the app starts it)")
-    p.add_argument("--idle-exit", type=float, default=30.0)
+    p.add_argument("--idle-exit", type=float, default=30.0,
+                   help=f"seconds to wait with nothing queued before exiting (0 to "
+                        f"{IDLE_EXIT_MAX:g}; default 30)")
     p = sub.add_parser("pretrain", help="pretrain an embedded foundation model")
     p.add_argument("--model", choices=["embedded-vit", "glyph-vit"], default="embedded-vit",
                    help="embedded-vit: the default's (renditions20); glyph-vit: glyphs40's")

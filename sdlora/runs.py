@@ -459,6 +459,13 @@ def list_runs(root: Path | None = None) -> list[RunFolder]:
     found = []
     for folder in roots:
         if not folder.exists():
+            above = next((p for p in folder.parents if p.exists()), None)
+            if above is not None and not above.is_dir():  # else it reads as "no runs yet"
+                cache = os.environ.get("SDLORA_CACHE")
+                raise NotADirectoryError(
+                    f"{above} is a file, not a folder of runs"
+                    + (f" (SDLORA_CACHE={cache} must name a folder; it is made if missing)"
+                       if cache else ""))
             continue
         runs = [RunFolder(p) for p in folder.iterdir() if (p / "config.json").exists()]
         found += sorted(runs, key=lambda r: r.config_path.stat().st_mtime, reverse=True)

@@ -128,6 +128,8 @@ def test_accuracy_page_splits_acc_by_task_given(demo_cache, monkeypatch, tmp_pat
 def test_train_form_refuses_bad_input(tmp_path, monkeypatch):
     monkeypatch.setenv("SDLORA_CACHE", str(tmp_path))
     at = _open("train")
+    folder = at.text_input[0]  # the data folder: not used by the embedded default (issue 23)
+    assert folder.label.startswith("Data folder") and folder.disabled
     at.number_input[0].set_value(3)  # tasks: 3 does not divide 20 classes
     at.button[0].click().run()
     assert not at.exception
@@ -136,8 +138,9 @@ def test_train_form_refuses_bad_input(tmp_path, monkeypatch):
     at.number_input[2].set_value(-0.5)  # learning rate
     at.button[0].click().run()
     assert any("lr=-0.5" in e.value for e in at.error)
+    at.selectbox[1].set_value("imagenet-r").run()  # a paper benchmark without its data folder
+    assert not at.text_input[0].disabled
     at.number_input[2].set_value(0.008)
-    at.selectbox[1].set_value("imagenet-r")  # a paper benchmark without its data folder
     at.text_input[0].set_value(str(tmp_path / "no-such-folder"))
     at.button[0].click().run()
     assert any("does not have the expected layout" in e.value for e in at.error)

@@ -15,7 +15,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-from .core import INTERPOLATION_POINTS  # noqa: E402 (numpy, pandas, torch: already needed)
+from .core import INTERPOLATION_POINTS, INTERPOLATION_POINTS_MAX  # noqa: E402 (numpy, pandas,
+#                                                                    torch: already needed)
 
 WHAT = ["accuracy", "magnitudes", "residuals", "interpolation", "efficiency", "distances",
         "theory", "landscape"]
@@ -31,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--html", default=None, help="output folder (default: <run>/analyses/figures)")
     p.add_argument("--points", type=int, default=INTERPOLATION_POINTS,
                    help=f"interpolation points (default {INTERPOLATION_POINTS}: lambda 0, .25, .5, "
-                        f".75, 1; more for a finer line, each costs one pass over the test data)")
+                        f".75, 1; more for a finer line, up to {INTERPOLATION_POINTS_MAX}, each "
+                        f"costs one pass over the test data)")
     p.add_argument("--no-png", action="store_true", help="HTML and CSV only (no browser)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_analyse)
@@ -116,9 +118,10 @@ def run_analyse(args) -> int:
     unknown = [w for w in args.what if w not in WHAT]
     if unknown:
         raise ConfigError(f"--what {unknown} not valid; choose from: {', '.join(WHAT)}")
-    if args.points < 2:
-        raise ConfigError(f"--points {args.points} is not valid; interpolation needs at least 2 "
-                          f"points (the two checkpoints)")
+    if not 2 <= args.points <= INTERPOLATION_POINTS_MAX:
+        raise ConfigError(f"--points {args.points} is not valid; interpolation needs from 2 "
+                          f"points (the two checkpoints) to {INTERPOLATION_POINTS_MAX} (each "
+                          f"point is one pass over the test data per task boundary)")
     run = RunFolder(resolve_run(args.run))
     if not run.exists():
         raise ConfigError(f"{run.path} is not a run folder ({run.config_path} is missing)")

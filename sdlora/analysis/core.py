@@ -45,6 +45,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 ANALYSIS_VERSION = 1
 INTERPOLATION_POINTS = 5  # the CLI's and the app's default, so the two share cached results
+# Each point is one pass over the test data for each task boundary; 101 is a step of 0.01 in
+# lambda (the app offers up to 21)
+INTERPOLATION_POINTS_MAX = 101
 
 
 def _run(run: RunFolder | str | Path) -> RunFolder:
@@ -321,14 +324,15 @@ def interpolate(run: RunFolder | str | Path, task: int, points: int = INTERPOLAT
     give the same numbers)."""
     from ..train import batches, load_data, load_model, split_for
 
+    if not 2 <= points <= INTERPOLATION_POINTS_MAX:
+        raise ValueError(f"points={points}; from 2 (the two checkpoints) to "
+                         f"{INTERPOLATION_POINTS_MAX}")
     run = _run(run)
     done = run.completed_tasks()
     if not 2 <= task <= done:
         raise ValueError(f"task={task} is not valid for run {run.id}: choose a finished task "
                          f"from 2 to {done}" if done >= 2 else
                          f"run {run.id} has {done} finished task(s); interpolation needs two")
-    if points < 2:
-        raise ValueError(f"points={points}; at least 2 (the two checkpoints)")
     config = TrainConfig.from_dict(run.config())
     benchmark = benchmark or load_data(config)
     split = split_for(config, benchmark)
