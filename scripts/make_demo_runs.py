@@ -76,20 +76,20 @@ def read_tuned(parser: argparse.ArgumentParser, name: str, plan: list) -> dict:
         parser.error(f"--tuned {path} cannot be read as JSON ({' '.join(str(err).split())}); "
                      f"{what}")
     if not isinstance(tuned, dict):
-        parser.error(f"--tuned {path} holds a JSON {type(tuned).__name__}; {what} (an object "
-                     f"of method@benchmark -> result)")
+        parser.error(f"--tuned {path} holds a JSON {type(tuned).__name__}; {what}: an "
+                     f"object of method@benchmark -> result")
     for key, entry in tuned.items():
         lr = entry.get("chosen_lr") if isinstance(entry, dict) else None
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (
                 math.isfinite(lr) and lr > 0):
             parser.error(f"--tuned {path}: entry {key!r} has chosen_lr {lr!r}; expected a "
-                         f"positive number ({what})")
+                         f"positive number, as scripts/tune_lr.py writes")
     for method, overrides, seeds, _ in plan:
         if method_class(method).trains_by_gradient and planned_lr(
                 tuned, method, seeds[0], overrides) is None:
             key = summary_key(TrainConfig(method=method, **overrides))
-            parser.error(f"--tuned {path} has no learning rate for {key}; the demo runs are "
-                         f"made at the rates chosen on validation ({what})")
+            parser.error(f"--tuned {path} has no learning rate for {key}; the demo runs "
+                         f"train at the rates chosen on validation (scripts/tune_lr.py)")
     return tuned
 
 

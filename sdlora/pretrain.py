@@ -134,7 +134,9 @@ def _check_target(out: Path, overwrite: bool) -> None:
 def _save(out: Path, model: torch.nn.Module, metadata: dict, overwrite: bool) -> None:
     """The backbone's weights (no head) as safetensors at `out`, through a temp file; without
     `overwrite` a file that appeared at `out` meanwhile is kept (the temp file is linked,
-    never renamed over it)."""
+    never renamed over it) and the new weights go beside it, named in the error."""
+    from .config import ConfigError
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
@@ -143,7 +145,12 @@ def _save(out: Path, model: torch.nn.Module, metadata: dict, overwrite: bool) ->
         if overwrite:
             os.replace(tmp, out)
         else:
-            os.link(tmp, out)  # FileExistsError if `out` appeared meanwhile
+            os.link(tmp, out)
+    except FileExistsError:  # `out` appeared while training
+        kept = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}{out.suffix}")
+        os.replace(tmp, kept)
+        raise ConfigError(f"pretrain: {out} appeared while training and is kept; the new "
+                          f"weights are in {kept}") from None
     finally:
         tmp.unlink(missing_ok=True)
     log.info("saved %s", out)
