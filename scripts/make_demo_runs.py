@@ -5,16 +5,21 @@
 On the embedded default (glyphs40, glyph-vit), each method at the learning rate chosen for it on
 a validation split (results/tuned_lr.json, scripts/tune_lr.py): vanilla LoRA and SD-LoRA with
 seeds 0-2 (Fig. 2b/c's comparison), SimpleCIL and the joint upper bound (SD-LoRA's adapter)
-with seed 0; other folders in cache/demo are removed; `--extra` adds fixed-first-direction (seeds 0-2), SD-LoRA-RR and SD-LoRA-KD
-(seed 0). A run already finished by scripts/results_table.py (cache/benchmark/<benchmark>, same
-config) is copied instead of retrained: same numbers. Then every analysis the app shows is
+with seed 0; other folders in cache/demo are removed; `--extra` adds fixed-first-direction
+(seeds 0-2), SD-LoRA-RR and SD-LoRA-KD (seed 0). `--tuned FILE` (default
+results/tuned_lr.json) must exist and hold a rate for every planned method that trains by
+gradient: checked before anything is removed. A run already finished by
+scripts/results_table.py (cache/benchmark/<benchmark>, same config) is copied instead of
+retrained: same numbers. Then every analysis the app shows is
 computed once and stored in the run folder. Demo runs from another benchmark or settings are
 replaced.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -28,7 +33,7 @@ from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.methods import method_class  # noqa: E402
 from sdlora.runs import RunError, RunFolder, check_same_settings, demo_runs_root  # noqa: E402
 from sdlora.train import train  # noqa: E402
-from sdlora.tuning import load_tuned, tuned_lr  # noqa: E402
+from sdlora.tuning import load_tuned, summary_key, tuned_lr  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # (method, overrides, seeds, demo folder prefix)
@@ -48,6 +53,48 @@ def same_config(run: RunFolder, config: TrainConfig) -> bool:
     return True
 
 
+def planned_lr(tuned: dict, method: str, seed: int, overrides: dict) -> float | None:
+    """The rate a demo run trains at: its method's tuned rate (SD-LoRA's for the variants of
+    EXTRA), None for the default."""
+    config = TrainConfig(method=method, seed=seed, **overrides)
+    return tuned_lr(tuned, config) or (tuned_lr(tuned, TrainConfig(method="sd-lora"))
+                                       if method in ("fixed-first-direction", "sd-lora-rr",
+                                                     "sd-lora-kd") else None)
+
+
+def read_tuned(parser: argparse.ArgumentParser, name: str, plan: list) -> dict:
+    """The tuning results of --tuned, checked before any demo run is touched: a missing,
+    unreadable or malformed file, or one without a rate for a planned method that trains by
+    gradient, is an `error:` line (exit 2), not 'nothing tuned' (which would retrain the
+    shipped runs at the default rate)."""
+    path = Path(name)
+    what = "expected the tuning results written by scripts/tune_lr.py (results/tuned_lr.json)"
+    if not path.is_file():
+        parser.error(f"--tuned {path}: {'a folder' if path.is_dir() else 'no such file'}; "
+                     f"{what}")
+    try:
+        tuned = load_tuned(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        parser.error(f"--tuned {path} cannot be read as JSON ({' '.join(str(err).split())}); "
+                     f"{what}")
+    if not isinstance(tuned, dict):
+        parser.error(f"--tuned {path} holds a JSON {type(tuned).__name__}; {what}: an "
+                     f"object of method@benchmark -> result")
+    for key, entry in tuned.items():
+        lr = entry.get("chosen_lr") if isinstance(entry, dict) else None
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (
+                math.isfinite(lr) and lr > 0):
+            parser.error(f"--tuned {path}: entry {key!r} has chosen_lr {lr!r}; expected a "
+                         f"positive number, as scripts/tune_lr.py writes")
+    for method, overrides, seeds, _ in plan:
+        if method_class(method).trains_by_gradient and planned_lr(
+                tuned, method, seeds[0], overrides) is None:
+            key = summary_key(TrainConfig(method=method, **overrides))
+            parser.error(f"--tuned {path} has no learning rate for {key}; the demo runs "
+                         f"train at the rates chosen on validation (scripts/tune_lr.py)")
+    return tuned
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--extra", action="store_true",
@@ -55,10 +102,10 @@ def main() -> None:
     parser.add_argument("--tuned", default=str(REPO / "results" / "tuned_lr.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    tuned = load_tuned(args.tuned)
+    plan = DEMO + (EXTRA if args.extra else [])
+    tuned = read_tuned(parser, args.tuned, plan)  # before anything is deleted
     root = demo_runs_root()
     table_root = REPO / "cache" / "benchmark" / TrainConfig().benchmark
-    plan = DEMO + (EXTRA if args.extra else [])
     wanted = {f"{prefix}-s{seed}" for _, _, seeds, prefix in plan for seed in seeds}
     for old in sorted(root.iterdir()) if root.exists() else []:
         if old.is_dir() and old.name not in wanted:  # demo runs of an earlier default
@@ -68,9 +115,7 @@ def main() -> None:
         for seed in seeds:
             name = f"{prefix}-s{seed}"
             config = TrainConfig(method=method, seed=seed, **overrides)
-            lr = tuned_lr(tuned, config) or (tuned_lr(tuned, TrainConfig(method="sd-lora"))
-                                             if method in ("fixed-first-direction", "sd-lora-rr",
-                                                           "sd-lora-kd") else None)
+            lr = planned_lr(tuned, method, seed, overrides)
             if lr is not None:
                 config = TrainConfig(method=method, seed=seed, lr=lr, **overrides)
             run = RunFolder(root / name)

@@ -181,6 +181,9 @@ def _check_out(out: Path, what: str) -> None:
         raise ConfigError(f"{what} {out.parent if what != '--out' else out}: {probe} is "
                           f"read-only; choose a folder you can write"
                           + (" (--out, or $SDLORA_CACHE)" if what != "--out" else ""))
+    if out.is_dir():
+        from .runs import check_new_folder
+        check_new_folder(out)  # a folder holding other files: refused before anything is made
 
 
 def _read_config(name: str) -> dict:
@@ -238,6 +241,8 @@ def _check_before_training(config: TrainConfig) -> None:
         _check_weights(Path(weights))
     try:
         create_backbone(config.backbone, weights=config.weights)
+    except ConfigError:  # a weights file without the backbone's keys: named in full
+        raise
     except Exception as err:  # noqa: BLE001 - wrong shapes, no hub access, ...
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         source = f"weights {weights}" if weights else "timm's hub weights"
@@ -266,6 +271,7 @@ def format_run(path: Path) -> str:
                  f"BWT {m['bwt']:.2f}")
     try:
         run.check_checkpoints(n)
+        run.check_step_logs(n)
     except RunError as err:
         lines.append(f"warning: {err}")
     kd = [t for t in m.get("task_info", []) if isinstance(t, dict) and "absorbed" in t
@@ -339,9 +345,11 @@ def _cmd_pretrain(args) -> int:
     from .pretrain import pretrain, pretrain_glyphs
 
     if args.model == "glyph-vit":
-        result = pretrain_glyphs(steps=args.steps, seed=args.seed)
+        result = pretrain_glyphs(steps=args.steps, seed=args.seed, out=args.out,
+                                 overwrite=args.overwrite)
     else:
-        result = pretrain(epochs=args.epochs, seed=args.seed)
+        result = pretrain(epochs=args.epochs, seed=args.seed, out=args.out,
+                          overwrite=args.overwrite)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -379,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=600, help="glyph-vit: steps of batch 64")
     p.add_argument("--epochs", type=int, default=3, help="embedded-vit: epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="where to write the weights (default: the shipped model's file, which "
+                        "exists: pass a new file, then train with --weights FILE)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing file; refused while run folders made with it "
+                        "exist (their checkpoints need it)")
     from .analysis.cli import add_parser as add_analyse
     add_analyse(sub)
     args = parser.parse_args(argv)

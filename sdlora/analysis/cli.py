@@ -132,9 +132,13 @@ def run_analyse(args) -> int:
     _check_writable(out, "--html" if args.html else "the figures folder")
     _check_writable(run.analyses_dir, "the run's analyses cache")
     run.config()  # a damaged config.json is named here, before anything is computed
+    from ..train import check_backbone_weights
+    check_backbone_weights(run)  # a run whose backbone weights changed since: refused
     metrics = run.metrics()
     _quiet_browser_logs()
     done = run.completed_tasks()  # a metrics row whose checkpoint is missing is named here
+    if {"magnitudes", "residuals", "efficiency"} & set(args.what):
+        run.check_step_logs(done)  # and a finished task's step log that is gone
     boundaries = list(range(2, done + 1)) if "interpolation" in args.what else []
     steps = sum(w in args.what for w in WHAT if w != "interpolation") + len(boundaries)
     bar = tqdm(total=steps, desc="analyses", unit="step", disable=args.quiet, leave=True)
