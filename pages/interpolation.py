@@ -73,7 +73,8 @@ def path_plane_section(chosen: list[str], methods: dict[str, str], task: int) ->
     its checkpoints, over task 1's and the latest task's accuracy (`sdlora.analysis.path_plane`),
     stored in the run folder; computed here on request for a run that has none stored."""
     from sdlora.analysis import path_plane, stored
-    from sdlora.analysis.plane import PLANE_GRID, PLANE_IMAGES, path_frame, plane_name
+    from sdlora.analysis.plane import (PLANE_GRID, PLANE_IMAGES, path_frame, plane_name,
+                                       plane_summary)
 
     st.subheader("The whole path across tasks")
     st.markdown(
@@ -98,7 +99,7 @@ def path_plane_section(chosen: list[str], methods: dict[str, str], task: int) ->
     for p in missing:
         run = RunFolder(p)
         if not st.button(f"Compute the path of {run.id} ({PLANE_GRID} x {PLANE_GRID} models on "
-                         f"{PLANE_IMAGES} test images per task: about 2 minutes on a CPU)",
+                         f"{PLANE_IMAGES} test images per task: about 1-2 minutes of one CPU core)",
                          key=f"plane-{p}"):
             continue
         bar = st.progress(0.0, text=f"{run.id}: evaluating the models on the plane")
@@ -118,9 +119,10 @@ def path_plane_section(chosen: list[str], methods: dict[str, str], task: int) ->
     st.caption(" ".join(
         f"**{label}**: the plane holds {100 * r['variance_share']:.0f}% of the path's variance "
         f"(the best plane, its first two principal directions, {100 * r['pca_share']:.0f}%); "
-        f"task 1 at the end {r['end_task1']:.1f}%, its best on the plane "
-        f"{r['best_task1']:.1f}% ({r['images']} test images per task)."
-        for label, r in panels.items()))
+        f"task 1 at the end {s['end_task1']:.1f}%, its best on the plane "
+        f"{s['best_task1']:.1f}%; the two tasks' mean at the end {s['end_mean']:.1f}%, its best "
+        f"on the plane {s['best_mean']:.1f}% ({r['images']} test images per task)."
+        for label, r in panels.items() for s in [plane_summary(r)]))
 
 
 ui.guarded(body)

@@ -257,7 +257,8 @@ def path_plane_figure(panels: dict[str, dict], segment: int | None = None) -> go
             fig.add_trace(go.Scatter(
                 x=path[:, 0], y=path[:, 1], mode="lines+markers+text", text=names,
                 textposition="top center", textfont=dict(color="white"),
-                line=dict(color=colour, width=2), marker=dict(color=colour, size=8),
+                line=dict(color=colour, width=3),
+                marker=dict(color=colour, size=9, line=dict(color="white", width=1.5)),
                 name=r.get("method", label), showlegend=False,
                 hovertemplate="%{text}<extra>" + label + "</extra>"), row=row, col=col)
             if segment is not None and 2 <= segment < len(path):
@@ -267,9 +268,13 @@ def path_plane_figure(panels: dict[str, dict], segment: int | None = None) -> go
                     line=dict(color="white", width=5, dash="dot"),
                     hovertemplate=f"straight line, task {segment - 1} to {segment}<extra></extra>"),
                     row=row, col=col)
-        fig.update_xaxes(title_text="u (after task 1)", row=2, col=col)
-        fig.update_yaxes(title_text="v", row=1, col=col)
-        fig.update_yaxes(title_text="v", row=2, col=col)
+        fig.update_xaxes(title_text="u (toward task 1's model)", row=2, col=col)
+        for row in (1, 2):
+            fig.update_yaxes(title_text="v (toward the end)", row=row, col=col)
+    for i in range(1, 2 * len(labels) + 1):  # one unit is as long on both axes: true angles
+        suffix = "" if i == 1 else str(i)
+        fig.layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", scaleratio=1)
+        fig.layout[f"xaxis{suffix}"].update(constrain="domain")
     fig.update_layout(title="Each run's path across tasks on a plane through its start, task 1's "
                             "model and its end", template="plotly_white",
                       height=760, margin=dict(t=90))

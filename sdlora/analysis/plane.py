@@ -46,8 +46,8 @@ from ..config import TrainConfig
 from ..runs import RunFolder
 from .core import _body, _plain, _run
 
-__all__ = ["path_plane", "plane_coordinates", "plane_name", "path_frame", "PLANE_GRID",
-           "PLANE_IMAGES"]
+__all__ = ["path_plane", "plane_coordinates", "plane_name", "plane_summary", "path_frame",
+           "PLANE_GRID", "PLANE_IMAGES"]
 
 PLANE_GRID = 15  # grid points per side (the app's and the CLI's default: they share the cache)
 PLANE_IMAGES = 40  # test images per task at each grid point
@@ -128,9 +128,8 @@ def path_plane(run: RunFolder | str | Path, tasks: int | None = None, grid: int 
     (grid rows b by columns a of accuracies, %); ``path`` ([a, b] of the start and of the model
     after each task); ``off_plane`` (each path point's distance from the plane, same units);
     ``path_task1``, ``path_latest`` (the accuracies of the checkpoints themselves, on the same
-    images); ``variance_share``, ``pca_share``; ``end_task1``, ``best_task1`` (its best on the
-    grid), ``best_task1_keeping_latest`` (its best where task `tasks` is at least as accurate as
-    at the end); ``images`` (per task), ``parameters`` (the adapted weights' count)."""
+    images); ``variance_share``, ``pca_share``; the end against the best on the plane
+    (`plane_summary`); ``images`` (per task), ``parameters`` (the adapted weights' count)."""
     from ..train import build_model, load_data, load_model, split_for
 
     run = _run(run)
@@ -214,14 +213,26 @@ def path_plane(run: RunFolder | str | Path, tasks: int | None = None, grid: int 
         path_acc.append(accuracies(point))
         if progress is not None:
             progress((grid * grid + p + 1) / total)
-    end_task1, end_latest = path_acc[-1]
-    keeping = task1[latest >= end_latest]
-    return dict(
+    result = dict(
         tasks=tasks, method=config.method, seed=config.seed, grid=grid, images=images,
         parameters=int(sum(sizes)), a=axis_a.round(6).tolist(), b=axis_b.round(6).tolist(),
         task1=task1.tolist(), latest=latest.tolist(), path=coords.round(6).tolist(),
         off_plane=plane["off_plane"].round(6).tolist(),
         path_task1=[a for a, _ in path_acc], path_latest=[b for _, b in path_acc],
-        variance_share=round(plane["variance_share"], 6), pca_share=round(plane["pca_share"], 6),
-        end_task1=end_task1, end_latest=end_latest, best_task1=float(task1.max()),
-        best_task1_keeping_latest=float(keeping.max()) if keeping.size else None)
+        variance_share=round(plane["variance_share"], 6), pca_share=round(plane["pca_share"], 6))
+    return result | plane_summary(result)
+
+
+def plane_summary(result: dict) -> dict:
+    """Where the path ends against the best on its plane, from a `path_plane` result:
+    ``end_task1``, ``end_latest`` (the final model's accuracies), ``best_task1`` (task 1's best
+    on the plane: the grid and the path's points that lie on it, the start, task 1's model and
+    the end), ``end_mean``, ``best_mean`` (the mean of the two tasks' accuracies at the end and
+    its best on the plane: a point above the end's is better for both tasks together)."""
+    on = [i for i, off in enumerate(result["off_plane"]) if off <= 1e-6]
+    task1 = [v for row in result["task1"] for v in row] + [result["path_task1"][i] for i in on]
+    latest = [v for row in result["latest"] for v in row] + [result["path_latest"][i] for i in on]
+    mean = [(a + b) / 2 for a, b in zip(task1, latest)]
+    end = (result["path_task1"][-1], result["path_latest"][-1])
+    return dict(end_task1=end[0], end_latest=end[1], best_task1=max(task1),
+                end_mean=sum(end) / 2, best_mean=max(mean))
