@@ -8,7 +8,8 @@ best on the plane (`plane_summary`: a point above the end is better for both tog
 
 Each run's result is read from its analyses folder (``analyses/path_plane_task5_15_40.json``,
 committed for the demo runs) or computed and stored there first, one run at a time (about 2 CPU
-minutes each). Prints one row per run, then the mean of each method over its seeds.
+minutes each). Prints one row per run, the mean of each method over its seeds, and (for two
+methods) a paired t-test over the seeds of the gap between task 1's best and its end.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ from sdlora.analysis import cached, path_plane  # noqa: E402
 from sdlora.analysis.plane import plane_name, plane_summary  # noqa: E402
 from sdlora.config import ConfigError  # noqa: E402
 from sdlora.runs import RunError, RunFolder, demo_runs_root  # noqa: E402
+from sdlora.tables import paired_test  # noqa: E402
 
 COLUMNS = [("end_task1", "task 1 at the end"), ("best_task1", "task 1's best on the plane"),
            ("end_latest", "latest task at the end"), ("end_mean", "mean of both at the end"),
            ("best_mean", "its best on the plane"), ("variance_share", "plane's variance share"),
-           ("pca_share", "best plane's")]
+           ("pca_share", "best plane's share")]
 
 
 def main() -> int:
@@ -48,7 +50,7 @@ def main() -> int:
             result = cached(run, plane_name(done), lambda: path_plane(run))
         except (ValueError, RunError, ConfigError) as err:
             parser.error(f"--runs {path}: {err}")
-        rows.append(dict(run=run.id, **result, **plane_summary(result)))
+        rows.append(dict(result, run=run.id) | plane_summary(result))
     head = f"{'run':<14}" + "".join(f" | {label}" for _, label in COLUMNS)
     print(head)
     for r in rows:
@@ -61,6 +63,16 @@ def main() -> int:
                                                   for k, label in COLUMNS)
               + f"   ({len(group)} runs, {group[0]['images']} test images per task, "
                 f"{group[0]['grid']} x {group[0]['grid']} grid)")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    if len(methods) == 2:  # the gap between task 1's best on the plane and the end, paired
+        first, second = ({r["seed"]: r["best_task1"] - r["end_task1"] for r in rows
+                          if r["method"] == m} for m in methods)
+        seeds = sorted(set(first) & set(second))
+        if seeds:
+            test = paired_test([first[s] for s in seeds], [second[s] for s in seeds])
+            print(f"task 1's best on the plane minus its accuracy at the end, {methods[0]} - "
+                  f"{methods[1]} over seeds {seeds}: {test['diff']:+.1f} points, paired t-test "
+                  f"p = {test['p']:.2f} ({test['verdict']})")
     return 0
 
 
