@@ -86,7 +86,8 @@ def path_plane_section(chosen: list[str], methods: dict[str, str], task: int) ->
         "reaching the latest task's has found the overlap the paper's schematic "
         + ui.paper_link("Fig. 4a") + " draws; a path that walks out of task 1's region has "
         f"forgotten it. The dotted segment is the straight line above (task {task - 1} to "
-        f"{task}), as the plane sees it.")
+        f"{task}), as the plane sees it. Each run has its own plane; one unit on either axis "
+        "is one unit of the weights' Frobenius norm.")
     panels, missing = {}, []
     for p in chosen:
         run = RunFolder(p)
