@@ -29,6 +29,9 @@ def picture():
 left, right = st.columns([3, 2])
 with left:
     st.plotly_chart(figures.landscape_figure(picture()), width="stretch")
+    st.page_link("pages/interpolation.py", icon=":material/linear_scale:",
+                 label="The measured counterpart: real LoRA and SD-LoRA paths over the tasks' "
+                       "accuracy, on the Interpolation page")
 with right:
     st.markdown(
         "**The picture** (a toy, computed live): two tasks whose low-loss valleys cross. Both "
@@ -39,7 +42,8 @@ with right:
         "CPU).\n"
         "2. **Accuracy**: forgetting, task by task.\n"
         "3. **Magnitudes** and **Directions**: what SD-LoRA learned.\n"
-        "4. **Interpolation**: the path between two checkpoints.\n"
+        "4. **Interpolation**: the straight line between two checkpoints, and each run's "
+        "whole path over the first and the latest task's accuracy.\n"
         "5. **Efficiency**: what it costs.")
 
 st.markdown(

@@ -10,8 +10,9 @@ with seed 0; other folders in cache/demo are removed; `--extra` adds fixed-first
 results/tuned_lr.json) must exist and hold a rate for every planned method that trains by
 gradient: checked before anything is removed. A run already finished by
 scripts/results_table.py (cache/benchmark/<benchmark>, same config) is copied instead of
-retrained: same numbers. Then every analysis the app shows is
-computed once and stored in the run folder. Demo runs from another benchmark or settings are
+retrained: same numbers. Then every analysis the app shows is computed once and stored in the
+run folder (the path plane of the LoRA and SD-LoRA runs: about a CPU minute and a half each).
+Demo runs from another benchmark or settings are
 replaced.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sdlora.analysis import (cached, efficiency, interpolate, magnitude_series,  # noqa: E402
                              residuals_at_task_end, within_task_accuracy)
 from sdlora.analysis.core import INTERPOLATION_POINTS  # noqa: E402
+from sdlora.analysis.plane import path_plane, plane_name  # noqa: E402
 from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.methods import method_class  # noqa: E402
 from sdlora.runs import RunError, RunFolder, check_same_settings, demo_runs_root  # noqa: E402
@@ -141,6 +143,8 @@ def main() -> None:
                     cached(run, f"interpolation_task{task}_{INTERPOLATION_POINTS}",
                            lambda: interpolate(run, task, INTERPOLATION_POINTS)
                            .to_dict("records"))
+            if method in ("lora", "sd-lora"):  # the Interpolation page's path plane (Fig. 4a)
+                cached(run, plane_name(config.tasks), lambda: path_plane(run))
             if run.metrics().get("task_info") and method not in ("simplecil", "joint"):
                 magnitude_series(run)
                 residuals_at_task_end(run)

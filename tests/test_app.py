@@ -315,3 +315,46 @@ def test_overview_shows_the_measured_tables(tmp_path, monkeypatch):
     rows = load_table(results / "table_glyphs40.json")["rows"]
     assert list(shown["method"]) == [r["label"] for r in rows]
     assert any("table_broken.json" in w.value for w in at.warning)  # named, page still drawn
+
+
+# -- the path plane on the Interpolation page (issue 22) -------------------------------------
+def test_interpolation_page_draws_the_demo_runs_path_planes(tmp_path, monkeypatch):
+    """The shipped demo runs' stored path planes (LoRA beside SD-LoRA, seed 0) draw at once:
+    nothing is computed, no button is offered."""
+    import shutil
+
+    from sdlora.analysis.plane import plane_name
+
+    repo = Path(APP).parent / "cache" / "demo"
+    for name in ("lora-s0", "sd-lora-s0"):
+        assert (repo / name / "analyses" / f"{plane_name(5)}.json").exists()
+        shutil.copytree(repo / name, tmp_path / "demo" / name)
+    monkeypatch.setenv("SDLORA_CACHE", str(tmp_path))
+    at = _open("interpolation")
+    assert not at.error, [e.value for e in at.error]
+    assert _charts(at) == 2 and not any(b.label.startswith("Compute the path") for b in at.button)
+    assert any("variance" in c.value for c in at.caption)
+    assert sorted(p.name for p in (tmp_path / "demo" / "lora-s0" / "analyses").iterdir()) == \
+        sorted(p.name for p in (repo / "lora-s0" / "analyses").iterdir())  # nothing written
+
+
+def test_interpolation_page_computes_a_path_plane_on_request(demo_cache, tmp_path, monkeypatch):
+    import shutil
+
+    from sdlora.analysis import plane
+    from tests.conftest import small_benchmark
+
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache, cache)
+    monkeypatch.setenv("SDLORA_CACHE", str(cache))
+    monkeypatch.setattr(plane, "PLANE_GRID", 3)  # a tiny grid: the page passes what it reads
+    monkeypatch.setattr(plane, "PLANE_IMAGES", 4)
+    # the fixture's runs were trained on 4 of digits' classes (their config says all digits)
+    monkeypatch.setattr("sdlora.train.load_data", lambda config: small_benchmark(classes=4))
+    at = _open("interpolation")
+    buttons = [b for b in at.button if b.label.startswith("Compute the path of demo-lora")]
+    assert len(buttons) == 1 and _charts(at) == 1  # nothing computed unasked
+    buttons[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert (cache / "runs" / "demo-lora" / "analyses" / "path_plane_task2_3_4.json").exists()
+    assert _charts(at) == 2

@@ -17,6 +17,7 @@ from .core import (
     residual_series,
     residuals_at_task_end,
     seed_groups,
+    stored,
     table5_row,
     task_identity_matrix,
     task_specific_weights,
@@ -25,6 +26,7 @@ from .core import (
 from .theory import matrix_factorisation_dynamics
 from .tradeoff import stability_plasticity, tradeoff_point
 from .landscape import toy_landscape
+from .plane import path_plane, plane_coordinates
 
 __all__ = [
     "absorption_table",
@@ -36,11 +38,14 @@ __all__ = [
     "magnitude_series",
     "magnitudes_at_task_end",
     "matrix_factorisation_dynamics",
+    "path_plane",
+    "plane_coordinates",
     "relative_distances",
     "residual_series",
     "residuals_at_task_end",
     "seed_groups",
     "stability_plasticity",
+    "stored",
     "table5_row",
     "task_identity_matrix",
     "task_specific_weights",

@@ -19,7 +19,7 @@ from .core import INTERPOLATION_POINTS, INTERPOLATION_POINTS_MAX  # noqa: E402 (
 #                                                                    torch: already needed)
 
 WHAT = ["accuracy", "magnitudes", "residuals", "interpolation", "efficiency", "distances",
-        "theory", "landscape"]
+        "theory", "landscape", "plane"]
 PNG_SIZE = dict(width=1000, height=560)
 
 
@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("run")
     p.add_argument("--what", nargs="+", default=["accuracy", "magnitudes", "residuals",
                                                  "interpolation", "efficiency"],
-                   help=f"any of: {', '.join(WHAT)} (distances fine-tunes one model per task)")
+                   help=f"any of: {', '.join(WHAT)} (distances fine-tunes one model per task; "
+                        f"plane evaluates a 15 x 15 grid of models: minutes)")
     p.add_argument("--html", default=None, help="output folder (default: <run>/analyses/figures)")
     p.add_argument("--points", type=int, default=INTERPOLATION_POINTS,
                    help=f"interpolation points (default {INTERPOLATION_POINTS}: lambda 0, .25, .5, "
@@ -215,6 +216,17 @@ def run_analyse(args) -> int:
             m = np.array(matrix)
             figs.add(figures.distance_heatmap(m, f"Relative distances ({scope} weights)"),
                      pd.DataFrame(m), f"distances_{scope}")
+        bar.update()
+    if "plane" in args.what:
+        step("path plane (a grid of models)")
+        from .plane import path_frame, path_plane, plane_name
+
+        try:
+            result = core.cached(run, plane_name(done), lambda: path_plane(run))
+            figs.add(figures.path_plane_figure({run.id: result}), path_frame({run.id: result}),
+                     "path_plane")
+        except ValueError as err:  # no plain weights (L2P), or a backbone that never moved
+            log.warning("path plane skipped: %s", err)
         bar.update()
     if "theory" in args.what:
         step("theory")

@@ -38,7 +38,7 @@ from ..runs import RunError, RunFolder, atomic_write_json
 __all__ = [
     "absorption_table", "accuracy_matrix_frame", "accuracy_table", "cached", "efficiency",
     "interpolate", "magnitude_series", "magnitudes_at_task_end", "relative_distances",
-    "residual_series", "residuals_at_task_end", "seed_groups", "table5_row",
+    "residual_series", "residuals_at_task_end", "seed_groups", "stored", "table5_row",
     "task_identity_matrix", "task_specific_weights", "within_task_accuracy",
 ]
 
@@ -63,19 +63,33 @@ def cached(run: RunFolder | str | Path, name: str, compute: Callable[[], object]
     """`compute()` once per run (and `key`, e.g. the task and the number of points), kept as
     ``analyses/<name>.json``; recomputed when the run has finished more tasks since."""
     run = _run(run)
+    value = stored(run, name, key)
+    if value is None:
+        value = compute()
+        atomic_write_json(run.analyses_dir / f"{name}.json", dict(stamp=_stamp(run, key),
+                                                                  value=value))
+    return value
+
+
+def _stamp(run: RunFolder, key: dict | None) -> dict:
     metrics = run.metrics(required=False) or {}
-    stamp = dict(version=ANALYSIS_VERSION, tasks_done=metrics.get("tasks_done", 0), key=key or {})
+    return dict(version=ANALYSIS_VERSION, tasks_done=metrics.get("tasks_done", 0), key=key or {})
+
+
+def stored(run: RunFolder | str | Path, name: str, key: dict | None = None) -> object | None:
+    """What `cached` keeps for `name` (and `key`) when it is up to date, else None: a page can
+    show a stored analysis at once and offer to compute a missing one instead of computing it
+    unasked."""
+    run = _run(run)
     path = run.analyses_dir / f"{name}.json"
     if path.exists():
         try:
-            stored = json.loads(path.read_text())
-            if stored.get("stamp") == stamp:
-                return stored["value"]
-        except (json.JSONDecodeError, KeyError):
+            kept = json.loads(path.read_text())
+            if kept.get("stamp") == _stamp(run, key):
+                return kept["value"]
+        except (json.JSONDecodeError, KeyError, AttributeError):
             log.warning("recomputing %s: the cached file is corrupt", path)
-    value = compute()
-    atomic_write_json(path, dict(stamp=stamp, value=value))
-    return value
+    return None
 
 
 # -- accuracy ----------------------------------------------------------------------------------
@@ -291,23 +305,30 @@ def absorption_table(run: RunFolder | str | Path, residuals: pd.DataFrame | None
     return out
 
 # -- interpolation (Fig. 4b/c) -----------------------------------------------------------------
-def _line_ends(before, after, method: str):
-    """The two checkpoints in their plain-ViT form (`merged()`): the weights at each end of the
-    line (every parameter but the head) and the later model, whose head is used all along."""
+def _plain(model, method: str, what: str = "interpolation"):
+    """`model.merged()` (its plain-ViT form); ValueError naming the method when it has none."""
     from ..methods import NotMergeable
 
     try:
-        start_model, end_model = before.merged(), after.merged()
+        return model.merged()
     except NotMergeable as err:
-        raise ValueError(f"method {method!r} has no plain-ViT form, so there are no two weight "
-                         f"vectors to draw a straight line between ({err}); interpolation is "
-                         f"for methods whose tasks end as plain weights (the LoRA family, "
-                         f"InfLoRA, SimpleCIL)") from None
+        raise ValueError(f"method {method!r} has no plain-ViT form, so there are no weight "
+                         f"vectors to draw a line or a plane through ({err}); {what} is for "
+                         f"methods whose tasks end as plain weights (the LoRA family, InfLoRA, "
+                         f"SimpleCIL)") from None
 
-    def body(m) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in m.model.state_dict().items()
-                if not k.startswith("head.")}
-    return end_model, body(start_model), body(end_model)
+
+def _body(plain) -> dict[str, torch.Tensor]:
+    """Every weight of a plain model (`_plain`) but the head's, by its state-dict name."""
+    return {k: v.detach().clone() for k, v in plain.model.state_dict().items()
+            if not k.startswith("head.")}
+
+
+def _line_ends(before, after, method: str):
+    """The two checkpoints in their plain-ViT form (`merged()`): the weights at each end of the
+    line (every parameter but the head) and the later model, whose head is used all along."""
+    start_model, end_model = _plain(before, method), _plain(after, method)
+    return end_model, _body(start_model), _body(end_model)
 
 
 @torch.no_grad()

@@ -13,8 +13,9 @@ from plotly.colors import qualitative
 __all__ = [
     "METHOD_COLOURS", "task_colour", "accuracy_heatmap", "accuracy_curves", "forgetting_curves",
     "magnitude_figure", "residual_figure", "residual_bars", "distance_heatmap",
-    "interpolation_figure", "theorem_figure", "landscape_figure", "step_cost_figure",
-    "mean_curve_figure", "step_cost_curve_figure", "tradeoff_figure", "task_tradeoff_bars",
+    "interpolation_figure", "path_plane_figure", "theorem_figure", "landscape_figure",
+    "step_cost_figure", "mean_curve_figure", "step_cost_curve_figure", "tradeoff_figure",
+    "task_tradeoff_bars",
 ]
 
 METHOD_COLOURS = {
@@ -279,6 +280,58 @@ def interpolation_figure(panels: dict[str, pd.DataFrame], task: int) -> go.Figur
     fig.update_yaxes(title_text="accuracy (%)", range=[0, 100], row=1, col=1)
     fig.update_layout(title="Accuracy along the straight line between two task checkpoints",
                       template="plotly_white", margin=dict(t=90))
+    return fig
+
+
+def path_plane_figure(panels: dict[str, dict], segment: int | None = None) -> go.Figure:
+    """`path_plane` results side by side, one column per run: task 1's accuracy surface above,
+    the latest task's below, each with the run's path (W0, then the model after each task) on
+    top; `segment` t (>= 2) draws the straight line from task t-1 to t (the Interpolation
+    page's line) thicker."""
+    from plotly.subplots import make_subplots
+
+    labels = list(panels)
+    titles = [f"{label}: task 1" for label in labels] + [
+        f"{label}: task {panels[label]['tasks']}" for label in labels]
+    fig = make_subplots(rows=2, cols=len(labels), subplot_titles=titles,
+                        horizontal_spacing=0.08, vertical_spacing=0.12)
+    for col, label in enumerate(labels, start=1):
+        r = panels[label]
+        path = np.array(r["path"])
+        colour = method_colour(r.get("method", ""))
+        for row, key in ((1, "task1"), (2, "latest")):
+            task = 1 if key == "task1" else r["tasks"]
+            fig.add_trace(go.Contour(
+                x=r["a"], y=r["b"], z=r[key], zmin=0, zmax=100, colorscale="Viridis",
+                contours=dict(coloring="heatmap", start=0, end=100, size=10),
+                showscale=row == 1 and col == 1, colorbar=dict(title="accuracy (%)"),
+                hovertemplate=f"task {task}: " + "%{z:.1f}%<br>(%{x:.2f}, %{y:.2f})<extra></extra>"),
+                row=row, col=col)
+            names = ["W0"] + [f"T{t}" for t in range(1, len(path))]
+            fig.add_trace(go.Scatter(
+                x=path[:, 0], y=path[:, 1], mode="lines+markers+text", text=names,
+                textposition="top center", textfont=dict(color="white"),
+                line=dict(color=colour, width=3),
+                marker=dict(color=colour, size=9, line=dict(color="white", width=1.5)),
+                name=r.get("method", label), showlegend=False,
+                hovertemplate="%{text}<extra>" + label + "</extra>"), row=row, col=col)
+            if segment is not None and 2 <= segment < len(path):
+                ends = path[[segment - 1, segment]]
+                fig.add_trace(go.Scatter(
+                    x=ends[:, 0], y=ends[:, 1], mode="lines", showlegend=False,
+                    line=dict(color="white", width=5, dash="dot"),
+                    hovertemplate=f"straight line, task {segment - 1} to {segment}<extra></extra>"),
+                    row=row, col=col)
+        fig.update_xaxes(title_text="u (toward task 1's model)", row=2, col=col)
+        for row in (1, 2):
+            fig.update_yaxes(title_text="v (toward the end)", row=row, col=col)
+    for i in range(1, 2 * len(labels) + 1):  # one unit is as long on both axes: true angles
+        suffix = "" if i == 1 else str(i)
+        fig.layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", scaleratio=1)
+        fig.layout[f"xaxis{suffix}"].update(constrain="domain")
+    fig.update_layout(title="Each run's path across tasks on a plane through its start, task 1's "
+                            "model and its end", template="plotly_white",
+                      height=760, margin=dict(t=90))
     return fig
 
 
