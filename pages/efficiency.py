@@ -86,7 +86,8 @@ def per_run() -> None:
     if not paths:
         ui.no_runs_message()
         return
-    chosen = st.multiselect("Runs", paths, default=paths[:3], format_func=ui.label)
+    chosen = ui.url_control(st.multiselect, "Runs", name="runs", many=True, options=paths,
+                            default=paths[:3], fmt=ui.run_token, format_func=ui.label)
     rows, costs = [], []
     for p in chosen:
         run = RunFolder(p)
