@@ -27,9 +27,12 @@ hideable=True, **kwargs)``
     ``step`` and the default's type (`number`; a bool default takes true/false). ``fmt(value)``
     is the value's text in the URL (default: `str`, numbers as ``%.6g``). ``many=True``: a list
     (``st.multiselect``), the parameter repeated (``?runs=a&runs=b``; ``runs=`` is none); a bad
-    item is left out. A value the page can no longer take (a run gone, a task beyond the run,
+    item is left out. A link's value that `parse` refuses (a run gone, a task beyond the run,
     text where a number goes) falls back to ``default`` with a one-line note at the control;
-    never an error. ``hideable=False`` keeps it drawn when the link hides the controls.
+    never an error. A value the session holds that the widget can no longer take (its options
+    or range changed) goes back to ``default``; `parse` may be stricter than the widget (the
+    Train form's numbers: a link may not bring lr=-1, the form itself refuses it on submit).
+    ``hideable=False`` keeps it drawn when the link hides the controls.
 ``url_value(name, default, parse=None, fmt=str, many=False, key=None)``
     The same value without drawing anything (for a control drawn by hand; write it back with
     ``url_write``). ``url_write(name, value, fmt=str, many=False)`` puts a value in the URL.
@@ -390,12 +393,14 @@ def _valid(value, parse, fmt) -> bool:
 
 
 def url_value(name: str, default, parse=None, fmt=url_text, many: bool = False,
-              key: str | None = None):
+              key: str | None = None, fits=None):
     """The value of choice `name`: the link's when it brought one (a one-line note and
-    `default` when it is bad), else what the session holds, else `default`; kept in
+    `default` when `parse` refuses it), else what the session holds (`default` when `fits`,
+    by default `parse`, says the page can no longer take it), else `default`; kept in
     ``st.session_state[key]``, where the control drawn with `key` starts from it."""
     key = key or f"url-{name}"
     parse = parse or _parser(default, {})
+    fits = fits or parse
     state = _url_state()
     state["declared"].add(name)
     raw = state["incoming"].pop(name, None)
@@ -423,10 +428,10 @@ def url_value(name: str, default, parse=None, fmt=url_text, many: bool = False,
     elif key in st.session_state:  # the session's own choice, unless the page lost it
         current = st.session_state[key]
         if many:
-            kept = [v for v in current if _valid(v, parse, fmt)]
+            kept = [v for v in current if _valid(v, fits, fmt)]
             if kept != list(current):
                 st.session_state[key] = kept
-        elif not _valid(current, parse, fmt):
+        elif not _valid(current, fits, fmt):
             st.session_state[key] = default
     else:
         st.session_state[key] = default
@@ -449,9 +454,10 @@ def url_control(widget, *args, name: str, default, parse=None, fmt=url_text,
                 many: bool = False, key: str | None = None, hideable: bool = True, **kwargs):
     """Draw `widget` bound to the URL parameter `name` (see the module's docstring)."""
     key = key or f"url-{name}"
-    parse = parse or (one_of(kwargs["options"], fmt) if "options" in kwargs
-                      else _parser(default, kwargs))
-    value = url_value(name, default, parse, fmt, many, key)
+    # What the widget can hold (its options, its range); a link may be held to more (`parse`)
+    fits = one_of(kwargs["options"], fmt) if "options" in kwargs else \
+        _parser(default, kwargs) if parse is None or isinstance(default, (int, float)) else parse
+    value = url_value(name, default, parse or fits, fmt, many, key, fits)
     if hideable and controls_hidden():
         out = value
         shown = kwargs.get("format_func", str)
