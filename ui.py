@@ -393,11 +393,12 @@ def _valid(value, parse, fmt) -> bool:
 
 
 def url_value(name: str, default, parse=None, fmt=url_text, many: bool = False,
-              key: str | None = None, fits=None):
+              key: str | None = None, fits=None, where=st):
     """The value of choice `name`: the link's when it brought one (a one-line note and
     `default` when `parse` refuses it), else what the session holds (`default` when `fits`,
     by default `parse`, says the page can no longer take it), else `default`; kept in
-    ``st.session_state[key]``, where the control drawn with `key` starts from it."""
+    ``st.session_state[key]``, where the control drawn with `key` starts from it. A note is
+    drawn in `where` (a column, the sidebar)."""
     key = key or f"url-{name}"
     parse = parse or _parser(default, {})
     fits = fits or parse
@@ -416,14 +417,14 @@ def url_value(name: str, default, parse=None, fmt=url_text, many: bool = False,
                 except ValueError as err:
                     bad.append((text, err))
             for text, err in bad:
-                _url_note(name, text, err, "left out" if good else
+                _url_note(where, name, text, err, "left out" if good else
                           f"showing the default ({', '.join(map(fmt, default)) or 'none'})")
             st.session_state[key] = good if good or not texts else list(default)
         else:
             try:
                 st.session_state[key] = parse(raw[-1])
             except ValueError as err:
-                _url_note(name, raw[-1], err, f"showing the default ({fmt(default)})")
+                _url_note(where, name, raw[-1], err, f"showing the default ({fmt(default)})")
                 st.session_state[key] = default
     elif key in st.session_state:  # the session's own choice, unless the page lost it
         current = st.session_state[key]
@@ -438,8 +439,8 @@ def url_value(name: str, default, parse=None, fmt=url_text, many: bool = False,
     return st.session_state[key]
 
 
-def _url_note(name: str, text: str, err: ValueError, then: str) -> None:
-    st.caption(f":material/link_off: The link's `{name}={_shown(text)}` {err}: {then}.")
+def _url_note(where, name: str, text: str, err: ValueError, then: str) -> None:
+    where.caption(f":material/link_off: The link's `{name}={_shown(text)}` {err}: {then}.")
 
 
 def url_write(name: str, value, fmt=url_text, many: bool = False) -> None:
@@ -457,7 +458,8 @@ def url_control(widget, *args, name: str, default, parse=None, fmt=url_text,
     # What the widget can hold (its options, its range); a link may be held to more (`parse`)
     fits = one_of(kwargs["options"], fmt) if "options" in kwargs else \
         _parser(default, kwargs) if parse is None or isinstance(default, (int, float)) else parse
-    value = url_value(name, default, parse or fits, fmt, many, key, fits)
+    value = url_value(name, default, parse or fits, fmt, many, key, fits,
+                      where=getattr(widget, "__self__", st))  # the widget's column
     if hideable and controls_hidden():
         out = value
         shown = kwargs.get("format_func", str)
