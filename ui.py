@@ -9,10 +9,11 @@ Links that reproduce a view
 ---------------------------
 Every choice a page offers lives in the URL's query string, so a link reproduces the view on a
 freshly started server (``/interpolation?run=demo/sd-lora-s0&runs=demo/lora-s0&task=3``).
-app.py brackets each run of a page with ``begin_view(page)`` and ``end_view()``; between them a
-page declares each choice with one call:
+app.py brackets each run of a page with ``begin_view()`` and ``end_view()``; between them a
+page declares each choice with one call (Streamlit's own ``bind="query-params"`` drops a bad
+value silently and cannot say so; this says so and falls back):
 
-``url_control(widget, *args, name, default, parse=None, fmt=None, many=False, key=None,
+``url_control(widget, *args, name, default, parse=None, fmt=url_text, many=False, key=None,
 hideable=True, **kwargs)``
     Draws ``widget(*args, key=key, **kwargs)`` (``st.slider``, ``c1.selectbox``,
     ``st.multiselect``, ``st.radio``, ``st.number_input``, ``st.checkbox``, ``st.tabs``...;
@@ -25,7 +26,9 @@ hideable=True, **kwargs)``
     turns the URL's text into a value or raises ValueError saying what is valid; when it is
     left out it is made from ``options=`` (`one_of`) or from ``min_value``/``max_value``/
     ``step`` and the default's type (`number`; a bool default takes true/false). ``fmt(value)``
-    is the value's text in the URL (default: `str`, numbers as ``%.6g``). ``many=True``: a list
+    is the value's text in the URL (`url_text`: numbers as ``%.6g``, true/false, else `str`;
+    `run_token` for run paths). A one-line note is drawn in the widget's own container (the
+    column or sidebar whose method `widget` is). ``many=True``: a list
     (``st.multiselect``), the parameter repeated (``?runs=a&runs=b``; ``runs=`` is none); a bad
     item is left out. A link's value that `parse` refuses (a run gone, a task beyond the run,
     text where a number goes) falls back to ``default`` with a one-line note at the control;
@@ -33,11 +36,13 @@ hideable=True, **kwargs)``
     or range changed) goes back to ``default``; `parse` may be stricter than the widget (the
     Train form's numbers: a link may not bring lr=-1, the form itself refuses it on submit).
     ``hideable=False`` keeps it drawn when the link hides the controls.
-``url_value(name, default, parse=None, fmt=str, many=False, key=None)``
+``url_value(name, default, parse=None, fmt=url_text, many=False, key=None, fits=None,
+where=st)``
     The same value without drawing anything (for a control drawn by hand; write it back with
-    ``url_write``). ``url_write(name, value, fmt=str, many=False)`` puts a value in the URL.
-``one_of(options, fmt=str)``, ``number(kind, lo=None, hi=None, step=None)``
-    The parsers (ValueError names what would be valid).
+    ``url_write``). ``url_write(name, value, fmt=url_text, many=False)`` puts a value in the
+    URL.
+``one_of(options, fmt=url_text, what=None)``, ``number(kind=int, lo=None, hi=None, step=None)``
+    The parsers (ValueError names what would be valid, or says "is not `what`").
 ``run_token(path)``
     A run's name in a link: its folder name, ``demo/<name>`` for a shipped demo run. The
     sidebar's run picker is bound to ``run``; to open a run on another page:
