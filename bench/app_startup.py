@@ -260,6 +260,8 @@ REMOVED: dict[str, str] = {}  # a multiselect's item taken out by the last move
 def move(page, label: str, forward: bool) -> float:
     """Move the control labelled `label` one step, forward or back; the performance.now()
     just before the move's input (a dropdown is opened before it)."""
+    from playwright.sync_api import Error as PlaywrightError
+
     def box(testid: str):
         found = page.locator(f'[data-testid="{testid}"]').filter(has_text=label)
         return found.first if found.count() else None
@@ -271,9 +273,9 @@ def move(page, label: str, forward: bool) -> float:
         thumb.press("ArrowRight" if forward else "ArrowLeft")
         return t0
     if (radio := box("stRadio")) is not None:
-        options = radio.locator("label")
-        checked = next(i for i in range(options.count())
-                       if options.nth(i).locator("input").is_checked())
+        options = radio.locator('label:has(input[type="radio"])')
+        checked = next((i for i in range(options.count())
+                        if options.nth(i).locator("input").is_checked()), 0)
         target = options.nth((checked + (1 if forward else -1)) % options.count())
         t0 = now(page)
         target.click()
@@ -317,12 +319,14 @@ def move(page, label: str, forward: bool) -> float:
         t0 = now(page)
         button.first.click()
         return t0
-    raise SystemExit(f"no control labelled {label!r} on {page.url}")
+    raise PlaywrightError(f"no control labelled {label!r}")
 
 
 def control_moves(page, url: str, moves: list[str], repeats: int) -> dict[str, list]:
     """Each `PAGE[?QUERY]:LABEL` in `moves`: the page opened at its URL, the control moved
     back and forth, one warm-up move each way, then `repeats` moves; each move's times."""
+    from playwright.sync_api import Error as PlaywrightError
+
     results = {}
     for spec in moves:
         where, label = spec.split(":", 1)
@@ -331,7 +335,12 @@ def control_moves(page, url: str, moves: list[str], repeats: int) -> dict[str, l
         settle(page, 0, TITLES[name])  # loaded: its first run answered and drawn
         outs = []
         for i in range(repeats + 2):
-            out = settle(page, move(page, label, forward=i % 2 == 0))
+            try:
+                t0 = move(page, label, forward=i % 2 == 0)
+            except PlaywrightError as err:  # a control that is not there, or not movable:
+                outs = f"could not move {label!r} on {where}: {err.message.splitlines()[0]}"
+                break                       # said at the end; the other moves are measured
+            out = settle(page, t0)
             if i >= 2:
                 outs.append(out)
         results[spec] = outs
@@ -445,6 +454,8 @@ def main() -> None:
     if moved:
         print(f"{'control move':>44} {'server':>7} {'last element':>13} {'input':>6}  (median "
               f"of {args.move_repeats}, ms from the request; input: key or click to request)")
+    failed = {spec: outs for spec, outs in moved.items() if isinstance(outs, str)}
+    moved = {spec: outs for spec, outs in moved.items() if spec not in failed}
     for spec, outs in moved.items():
         rel = [dict(server=o["server_last"] - o["request"],
                     drawn=o["drawn_last"] - o["request"], input=o["request"]) for o in outs
@@ -477,7 +488,12 @@ def main() -> None:
             machine=f"{platform.node()}: {os.cpu_count()} CPUs, {cpu_model()}",
             load_average_before=load_before, load_average_after=load_after, note=args.note,
             first_paint=paints, page_switch=summary, page_switch_rounds=switches,
-            control_move=moves_summary, control_move_rounds=moved), indent=1))
+            control_move=moves_summary, control_move_rounds=moved,
+            control_move_errors=failed), indent=1))
+    for why in failed.values():
+        print(f"error: {why}", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
