@@ -15,6 +15,7 @@ st.set_page_config(page_title="SD-LoRA Lab", page_icon=":material/science:", lay
 
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/tradeoff.py", title="Trade-off", icon=":material/balance:"),
     st.Page("pages/train.py", title="Train", icon=":material/play_arrow:"),
     st.Page("pages/accuracy.py", title="Accuracy", icon=":material/grid_on:"),
     st.Page("pages/magnitudes.py", title="Magnitudes", icon=":material/show_chart:"),

@@ -94,6 +94,9 @@ def route_through_app() -> None:
 # Session-state keys (named once, used everywhere).
 SELECTED_RUN = "selected_run"
 COMPARE_RUNS = "compare_runs"
+# Settings another page suggests for the Train page's form (the Trade-off lesson's last step):
+# dict(methods, lr, epochs, seed); kept until cleared there.
+TRAIN_SUGGESTION = "train_suggestion"
 
 PAPER_CODE = "https://github.com/WuYichen-97/SD-Lora-CL"  # the URL the paper gives
 
@@ -122,9 +125,14 @@ def _run_table(root: str) -> pd.DataFrame:
         try:
             rows.append(run.summary() | {"path": str(run.path)})
         except Exception as err:  # noqa: BLE001 - one damaged run never hides the others
-            what = str(err) if isinstance(err, RunError) else f"{type(err).__name__}: {err}"
-            rows.append(dict(id=run.id, state=f"damaged: {what}", path=str(run.path)))
+            rows.append(dict(id=run.id, state=f"damaged: {what_is_wrong(err)}",
+                             path=str(run.path)))
     return pd.DataFrame(rows, columns=_COLUMNS)
+
+
+def what_is_wrong(err: Exception) -> str:
+    """A damaged run's problem in one line: a RunError names the file, anything else its kind."""
+    return str(err) if isinstance(err, RunError) else f"{type(err).__name__}: {err}"
 
 
 _COLUMNS = ["id", "method", "benchmark", "seed", "tasks", "done", "state", "acc", "aaa", "path"]
@@ -221,17 +229,22 @@ def _run_choice(healthy: list[str], damaged: dict) -> dict:
                 parse=one_of(paths, run_token, "a run here"))
 
 
+class DamagedSelection(Exception):
+    """The run chosen in the sidebar is damaged; the message says what is wrong with it."""
+
+
 def selected_run() -> RunFolder | None:
-    """The run chosen in the sidebar; for a damaged one, what is wrong, and the page stops."""
+    """The run chosen in the sidebar; for a damaged one, DamagedSelection, which `guarded`
+    shows as what is wrong in place of the page body (not st.stop: the sidebar's picker is
+    drawn after the page, and keeps the damaged run selected)."""
     paths = runs_with_results()
     damaged = damaged_runs()
     if paths or damaged:  # the link's run, before the picker (drawn after the page) takes it
         url_value(**_run_choice(paths, damaged))
     path = st.session_state.get(SELECTED_RUN)
     if path is not None and path in damaged:
-        st.error(f"Run {Path(path).name} cannot be shown: {damaged[path]}. The other runs are "
-                 f"in the sidebar.")
-        st.stop()  # the rest of the page needs a readable run
+        raise DamagedSelection(f"Run {Path(path).name} cannot be shown: {damaged[path]}. The "
+                               f"other runs are in the sidebar.")
     if not paths:
         return None
     return RunFolder(path if path in paths else paths[_default_index(paths)])
@@ -278,6 +291,8 @@ def guarded(fn):
     """Run a page body; turn any error into a message instead of a traceback."""
     try:
         fn()
+    except DamagedSelection as err:
+        st.error(str(err))
     except RunError as err:
         st.error(f"This run folder cannot be read: {err}")
     except (ValueError, FileNotFoundError) as err:
@@ -486,7 +501,7 @@ def end_view() -> None:
     for name, raw in state["incoming"].items():
         if name not in state["declared"] and name != CONTROLS:
             state["notes"].append(f"The link's `{name}={_shown(','.join(raw))}` is not a choice "
-                                  f"on this page: left out.")
+                                  f"in this view: left out.")
     for name in list(st.query_params):
         if name not in state["declared"] and name != CONTROLS:
             del st.query_params[name]

@@ -86,16 +86,29 @@ def per_run() -> None:
     if not paths:
         ui.no_runs_message()
         return
-    chosen = ui.url_control(st.multiselect, "Runs", name="runs", many=True, options=paths,
-                            default=paths[:3], fmt=ui.run_token, format_func=ui.label)
+    damaged = ui.damaged_runs()  # offered too: a chosen one is a row saying what is wrong
+    chosen = ui.url_control(st.multiselect, "Runs", name="runs", many=True,
+                            options=paths + list(damaged), default=paths[:3], fmt=ui.run_token,
+                            format_func=ui.label)
     rows, costs = [], []
     for p in chosen:
         run = RunFolder(p)
-        eff = cached(run, "efficiency", lambda: efficiency(run))
+        if p in damaged:
+            rows.append(dict(run=run.id, damaged=damaged[p]))
+            continue
+        try:
+            eff = cached(run, "efficiency", lambda: efficiency(run))
+        except Exception as err:  # noqa: BLE001 - one damaged run never hides the others
+            rows.append(dict(run=run.id, damaged=ui.what_is_wrong(err)))
+            continue
         rows.append(dict(run=run.id, **table5_row(eff)))
         costs.append(dict(label=run.id, method=eff["method"], step_ms=eff["step_ms_median"]))
     if rows:
         table = pd.DataFrame(rows)
+        if "damaged" in table:  # the measured columns first, what is wrong last
+            table = table[[c for c in table if c != "damaged"] + ["damaged"]]
+            st.warning(f"{table['damaged'].notna().sum()} of the chosen runs cannot be "
+                       f"measured: the `damaged` column says what is wrong with each.")
         st.caption("Table 5's columns first: GFLOPs per test image (the prompt methods, L2P, "
                    "DualPrompt, CODA-Prompt and HiDe-Prompt, pay a second, frozen query pass: "
                    "`forward_passes` 2), parameters learned on the last task besides the head, "
@@ -110,7 +123,8 @@ def per_run() -> None:
             st.caption("Wall-clock medians from the training logs: they move with whatever "
                        "else the machine was doing during each task, so read the measured "
                        "curve above for how the cost grows.")
-            ui.show(figures.step_cost_figure(costs), None, "step_cost")
+            if costs:
+                ui.show(figures.step_cost_figure(costs), None, "step_cost")
 
 
 ui.guarded(step_cost)

@@ -69,6 +69,65 @@ def body() -> None:
     fig = figures.interpolation_figure(panels, task)
     frame = pd.concat([f.assign(run=k) for k, f in panels.items()])
     ui.show(fig, frame, f"interpolation_task{task}")
+    path_plane_section(chosen, methods, task)
+
+
+def path_plane_section(chosen: list[str], methods: dict[str, str], task: int) -> None:
+    """Fig. 4a measured: each chosen run's path across all its finished tasks on a plane through
+    its checkpoints, over task 1's and the latest task's accuracy (`sdlora.analysis.path_plane`),
+    stored in the run folder; computed here on request for a run that has none stored."""
+    from sdlora.analysis import path_plane, stored
+    from sdlora.analysis.plane import (PLANE_GRID, PLANE_IMAGES, path_frame, plane_name,
+                                       plane_summary)
+
+    st.subheader("The whole path across tasks")
+    st.markdown(
+        "Each run's weights at the start (W0, pretrained) and after every task (T1, T2, ...), on "
+        "the plane through W0, the model after task 1 and the final model (those three lie on "
+        "it exactly; the others are projected), over the final model's accuracy on task 1 "
+        "(top) and on its latest task (bottom), each with the head's rows of that task's own "
+        "classes. **What to look for**: a path that ends inside task 1's bright region while "
+        "reaching the latest task's has found the overlap the paper's schematic "
+        + ui.paper_link("Fig. 4a") + " draws; a path that walks out of task 1's region has "
+        f"forgotten it. The dotted segment is the straight line above (task {task - 1} to "
+        f"{task}), as the plane sees it. Each run has its own plane; one unit on either axis "
+        "is one unit of the weights' Frobenius norm.")
+    panels, missing = {}, []
+    for p in chosen:
+        run = RunFolder(p)
+        name = plane_name(run.completed_tasks(), PLANE_GRID, PLANE_IMAGES)
+        value = stored(run, name)
+        if value is None:
+            missing.append(p)
+        else:
+            panels[f"{methods[p]}: {run.id}"] = value
+    for p in missing:
+        run = RunFolder(p)
+        if not st.button(f"Compute the path of {run.id} ({PLANE_GRID} x {PLANE_GRID} models on "
+                         f"{PLANE_IMAGES} test images per task: about 1-2 minutes of one CPU core)",
+                         key=f"plane-{p}"):
+            continue
+        bar = st.progress(0.0, text=f"{run.id}: evaluating the models on the plane")
+        try:
+            value = cached(run, plane_name(run.completed_tasks(), PLANE_GRID, PLANE_IMAGES),
+                           lambda: path_plane(run, grid=PLANE_GRID, images=PLANE_IMAGES,
+                                              progress=bar.progress))
+        except ValueError as err:  # a backbone that never moved (SimpleCIL): no path
+            st.info(f"{run.id}: {err}")
+            continue
+        finally:
+            bar.empty()
+        panels[f"{methods[p]}: {run.id}"] = value
+    if not panels:
+        return
+    ui.show(figures.path_plane_figure(panels, task), path_frame(panels), "path_plane")
+    st.caption(" ".join(
+        f"**{label}**: the plane holds {100 * r['variance_share']:.0f}% of the path's variance "
+        f"(the best plane, its first two principal directions, {100 * r['pca_share']:.0f}%); "
+        f"task 1 at the end {s['end_task1']:.1f}%, its best on the plane "
+        f"{s['best_task1']:.1f}%; the two tasks' mean at the end {s['end_mean']:.1f}%, its best "
+        f"on the plane {s['best_mean']:.1f}% ({r['images']} test images per task)."
+        for label, r in panels.items() for s in [plane_summary(r)]))
 
 
 ui.guarded(body)

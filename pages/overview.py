@@ -29,6 +29,9 @@ def picture():
 left, right = st.columns([3, 2])
 with left:
     st.plotly_chart(figures.landscape_figure(picture()), width="stretch")
+    st.page_link("pages/interpolation.py", icon=":material/linear_scale:",
+                 label="The measured counterpart: real LoRA and SD-LoRA paths over the tasks' "
+                       "accuracy, on the Interpolation page")
 with right:
     st.markdown(
         "**The picture** (a toy, computed live): two tasks whose low-loss valleys cross. Both "
@@ -39,7 +42,8 @@ with right:
         "CPU).\n"
         "2. **Accuracy**: forgetting, task by task.\n"
         "3. **Magnitudes** and **Directions**: what SD-LoRA learned.\n"
-        "4. **Interpolation**: the path between two checkpoints.\n"
+        "4. **Interpolation**: the straight line between two checkpoints, and each run's "
+        "whole path over the first and the latest task's accuracy.\n"
         "5. **Efficiency**: what it costs.")
 
 st.markdown(
@@ -53,11 +57,13 @@ st.markdown(
     "classes, and `simplecil` beats every adapted method: where the features suffice, stability "
     "is all you need. Queue `simplecil`, `joint` and `sd-lora` on either benchmark from "
     "**Train** and compare them on **Accuracy** (the joint run is the dashed level); the "
-    "README's results give the measured numbers with their significance.")
+    "README's results give the measured numbers with paired tests, Holm-adjusted over each "
+    "table.")
 
 st.subheader("Measured results")
 from sdlora.config import TrainConfig  # noqa: E402
-from sdlora.tables import TableError, display_rows, load_table, results_dir  # noqa: E402
+from sdlora.tables import (TableError, display_rows, load_table, results_dir,  # noqa: E402
+                           versus_reference)
 
 DEFAULT_TABLE = f"table_{TrainConfig().benchmark}"
 tables = sorted(results_dir().glob("table_*.json"),
@@ -76,6 +82,7 @@ for path, tab in zip(tables, tabs):
             st.warning(f"This table cannot be shown: {e}")
             continue
         st.dataframe(display_rows(data), hide_index=True, width="stretch")
+        tests = sum(1 for t in versus_reference(data["rows"]) if t and t["p"] == t["p"])
         missing = data.get("missing") or []
         st.caption(
             f"{len(data['rows'])} methods on `{data.get('benchmark', path.stem)}` "
@@ -88,7 +95,11 @@ for path, tab in zip(tables, tabs):
             "after the last task; **AAA**: the mean of the accuracies after each task; "
             "**forgetting**: how far each task fell from its best. The last column is a paired "
             "t-test against SD-LoRA over the same seeds (a seed fixes the class order for "
-            "every method). Regenerate with `python scripts/results_table.py`."
+            "every method): its p-value, then the p-value adjusted by Holm's method over "
+            f"the table's {tests} tests, which the verdict at 0.05 uses (with many "
+            "comparisons some raw p-values fall under 0.05 by chance). A row marked *extra "
+            "budget* trained for more passes over the images than the others. Regenerate "
+            "with `python scripts/results_table.py`."
             + (f" {len(missing)} runs were not finished when it was written." if missing
                else ""))
 

@@ -69,6 +69,9 @@ st.caption("The default geometry was chosen to show the effect; try other seeds 
 try:
     land = landscape(angle1=angle1, angle2=angle2, kappa=kappa, steps=steps, seed=seed)
     ui.show(figures.landscape_figure(land, which), None, "landscape")
+    st.page_link("pages/interpolation.py", icon=":material/linear_scale:",
+                 label="The same picture measured: real runs' paths on a plane through their "
+                       "checkpoints (Interpolation page)")
     losses = land["final_losses"]
     st.caption("Final losses (task 1, task 2): " + "; ".join(
         f"{k}: {v[0]:.3f}, {v[1]:.3f}" for k, v in losses.items()))

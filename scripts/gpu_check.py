@@ -34,6 +34,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sdlora import argcheck  # noqa: E402
+
+CLASSES = 200  # ImageNet-R's
+
 
 def make_weights(backbone: str, path: Path) -> Path:
     """A randomly initialised timm model of `backbone`'s architecture, as safetensors."""
@@ -81,7 +85,7 @@ def run(cmd: list[str], log: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--backbone", default="vit_base_patch16_224.augreg2_in21k_ft_in1k")
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=12)
@@ -89,21 +93,30 @@ def main() -> None:
     parser.add_argument("--bench-tasks", type=int, nargs="+", default=[1, 20, 100])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to test the script")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.per_class, args.batch_size, args.bench_tasks = 3, 8, [1, 3]
+    # every bad value is one error line before anything is written or timed
+    argcheck.config(parser, benchmark="imagenet-r", backbone=args.backbone, tasks=args.tasks,
+                    batch_size=args.batch_size, device=args.device)
+    if CLASSES % args.tasks:
+        parser.error(f"--tasks {args.tasks} does not divide the {CLASSES} classes; choose a "
+                     f"divisor, e.g. 10 or 20")
+    for flag, values in (("--per-class", [args.per_class]), ("--bench-tasks", args.bench_tasks)):
+        if any(v < 1 for v in values):
+            parser.error(f"{flag} {' '.join(map(str, values))}: give positive integers")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch.cuda.is_available() is False; give --device cpu")
+    out = argcheck.output_folder(parser, args.out, "--out")
+    out.mkdir(parents=True, exist_ok=True)
     summary: dict = dict(device=args.device, torch=torch.__version__,
                          cuda=torch.version.cuda, backbone=args.backbone)
     if args.device == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("--device cuda but torch.cuda.is_available() is False")
         summary["gpu"] = torch.cuda.get_device_name(0)
     print(json.dumps(summary), flush=True)
 
     start = time.perf_counter()
     weights = make_weights(args.backbone, out / "work" / "weights.safetensors")
-    data = make_imagenet_r(out / "work" / "imagenet-r", 200, args.per_class)
+    data = make_imagenet_r(out / "work" / "imagenet-r", CLASSES, args.per_class)
     summary["prepare_seconds"] = round(time.perf_counter() - start, 1)
 
     run_dir = out / "run"

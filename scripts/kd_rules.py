@@ -3,7 +3,7 @@ costs in accuracy: the scale-free relative residual (kd_residual='relative') aga
 line 11's absolute residual of the unnormalised products (kd_residual='absolute').
 
     python scripts/kd_rules.py [--seeds 0 1 2] [--tau 9e-4] [--sd-lora-runs 'cache/demo/sd-lora-s{seed}']
-        [--root cache/benchmark] [--train-kd]
+        [--benchmark glyphs40] [--root cache/benchmark] [--train-kd]
 
 How. SD-LoRA-KD trains exactly as SD-LoRA until its first absorption (the test at the end of a
 task only reads the model), so the residuals of an SD-LoRA run at the end of each task are the
@@ -12,13 +12,15 @@ them from the SD-LoRA run's checkpoints (`residuals_at_task_end`); where a rule 
 the KD run *is* the SD-LoRA run (0 directions absorbed, the same accuracy); where it would
 absorb, the later decisions depend on the KD run's own path, so the KD run is trained (under
 --root, reused when finished) and its recorded decisions and accuracy are used. --train-kd
-trains the KD runs in every case (a check of the shortcut). SD-LoRA runs missing from
---sd-lora-runs are trained there (the embedded default, as scripts/results_table.py does).
+trains the KD runs in every case (a check of the shortcut). The SD-LoRA runs given are only
+read (each a finished sd-lora run of its seed, all of one benchmark, which the KD runs take);
+SD-LoRA runs missing from --sd-lora-runs are trained there (on --benchmark, default the
+embedded default, as scripts/results_table.py does). A KD run under --root made with other
+settings is refused, not reused.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import logging
 import sys
 from pathlib import Path
@@ -27,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sdlora import argcheck  # noqa: E402
 from sdlora.analysis import residuals_at_task_end  # noqa: E402
 from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.runs import RunFolder  # noqa: E402
@@ -44,21 +47,80 @@ def finished(path: Path, config: TrainConfig) -> RunFolder:
     return run
 
 
+def sd_lora_configs(parser, args) -> dict[int, tuple[Path, TrainConfig]]:
+    """Per seed the SD-LoRA run folder and its config: an existing run is read, never trained
+    further (it must be a finished sd-lora run of that seed); a missing one will be trained
+    there on --benchmark. Every run must be of one benchmark."""
+    try:
+        paths = {seed: Path(args.sd_lora_runs.format(seed=seed)) for seed in args.seeds}
+    except (KeyError, IndexError, ValueError) as err:
+        parser.error(f"--sd-lora-runs {args.sd_lora_runs!r}: {err!s} is not a field it may "
+                     f"hold; give a path with {{seed}}, e.g. cache/demo/sd-lora-s{{seed}}")
+    if len(set(paths.values())) < len(paths):
+        parser.error(f"--sd-lora-runs {args.sd_lora_runs!r} names the same folder for several "
+                     f"seeds; give a path with {{seed}}")
+    out, benchmarks = {}, set()
+    for seed, path in paths.items():
+        config = argcheck.run_config(parser, path, "--sd-lora-runs")
+        if config is not None:
+            what = f"--sd-lora-runs {path}"
+            if (config.method, config.variant, config.seed) != ("sd-lora", "paper", seed):
+                parser.error(f"{what} is a {config.method} ({config.variant}) run of seed "
+                             f"{config.seed}; expected an sd-lora run of seed {seed}")
+            if args.benchmark not in (None, config.benchmark):
+                parser.error(f"--benchmark {args.benchmark}: {what} is a {config.benchmark} "
+                             f"run; the KD runs take the benchmark of the runs they are given")
+            done = argcheck.checked(parser, RunFolder(path).completed_tasks)
+            if done < config.tasks:
+                parser.error(f"{what} is unfinished ({done}/{config.tasks} tasks); this script "
+                             f"only reads it: finish it with `python -m sdlora train --resume "
+                             f"{path}`")
+            benchmarks.add(config.benchmark)
+        out[seed] = (path, config)
+    if len(benchmarks) > 1:
+        parser.error(f"--sd-lora-runs {args.sd_lora_runs!r} holds runs of several benchmarks "
+                     f"({', '.join(sorted(benchmarks))}); give one benchmark's runs")
+    benchmark = args.benchmark or (benchmarks.pop() if benchmarks else TrainConfig().benchmark)
+    for seed, (path, config) in out.items():
+        if config is None:
+            out[seed] = (path, argcheck.config(parser, method="sd-lora", seed=seed,
+                                               benchmark=benchmark))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tau", type=float, default=TrainConfig().kd_tau)
     parser.add_argument("--sd-lora-runs", default="cache/benchmark/sd-lora-s{seed}",
-                        help="SD-LoRA run folder per seed ({seed} is replaced)")
+                        help="SD-LoRA run folder per seed ({seed} is replaced); existing ones "
+                             "are only read")
+    parser.add_argument("--benchmark", default=None,
+                        help="of SD-LoRA runs to train where --sd-lora-runs has none (default: "
+                             "that of the runs there, else the config's)")
     parser.add_argument("--root", default="cache/benchmark", help="where KD runs go")
     parser.add_argument("--train-kd", action="store_true",
                         help="train the SD-LoRA-KD runs even where no rule absorbs")
     args = parser.parse_args()
+    argcheck.seeds(parser, args.seeds)
+    argcheck.config(parser, {"kd_tau": "--tau"}, method="sd-lora-kd", kd_tau=args.tau)
+    if args.benchmark is not None:
+        argcheck.config(parser, benchmark=args.benchmark)
+    bases = sd_lora_configs(parser, args)
+    argcheck.output_folder(parser, args.root, "--root")
+    kd_configs = {}  # a KD run folder made with other settings is never reused
+    for seed, (_, config) in bases.items():
+        for rule in RULES:
+            name = "sd-lora-kd" + ("-absolute" if rule == "absolute" else "") + f"-s{seed}"
+            # the KD run differs from its SD-LoRA run in the method and the rule only
+            kd = argcheck.config(parser, **{**config.to_dict(), "method": "sd-lora-kd",
+                                            "kd_residual": rule, "kd_tau": args.tau})
+            argcheck.run_matches(parser, Path(args.root) / name, kd, "--root")
+            kd_configs[seed, rule] = (name, kd)
     logging.basicConfig(level=logging.WARNING)
     rows = []
     for seed in args.seeds:
-        base = finished(Path(args.sd_lora_runs.format(seed=seed)),
-                        TrainConfig(method="sd-lora", seed=seed))
+        base = finished(*bases[seed])
         table = residuals_at_task_end(base)
         ref = base.metrics()
         for rule, column in RULES.items():
@@ -67,10 +129,7 @@ def main() -> None:
             source = "sd-lora run (no absorption: identical)"
             m, absorbed = ref, 0
             if predicted or args.train_kd:
-                name = "sd-lora-kd" + ("-absolute" if rule == "absolute" else "") + f"-s{seed}"
-                # the KD run differs from its SD-LoRA run in the method and the rule only
-                config = replace(TrainConfig.from_dict(base.config()), method="sd-lora-kd",
-                                 kd_residual=rule, kd_tau=args.tau)
+                name, config = kd_configs[seed, rule]
                 m = finished(Path(args.root) / name, config).metrics()
                 absorbed = sum(bool(t.get("absorbed")) for t in m["task_info"])
                 source = f"trained {name}"
@@ -92,7 +151,9 @@ def main() -> None:
               f"{sum(r['tested'] for r in part)} | {lo:.5g} - {hi:.5g} | "
               f"{np.mean([r['d_acc'] for r in part]):+.2f} | "
               f"{np.mean([r['d_aaa'] for r in part]):+.2f} |")
-    print(f"\nseeds {args.seeds}; cost = SD-LoRA-KD minus SD-LoRA, mean over seeds, points.")
+    benchmark = next(iter(bases.values()))[1].benchmark
+    print(f"\n{benchmark}, seeds {args.seeds}; cost = SD-LoRA-KD minus SD-LoRA, mean over "
+          f"seeds, points.")
 
 
 if __name__ == "__main__":

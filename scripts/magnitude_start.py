@@ -28,11 +28,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sdlora import argcheck  # noqa: E402
 from sdlora.backbone import image_size  # noqa: E402
 from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.data import load_benchmark, make_task_split  # noqa: E402
 from sdlora.runs import RunFolder  # noqa: E402
 from sdlora.train import evaluate, load_model, task_generator, train  # noqa: E402
+
+
+def name_of(tag: str, seed: int, start: float) -> str:
+    return f"sd-lora{tag}-s{seed}" if start == 0.0 else f"sd-lora-alpha1{tag}-s{seed}"
 
 
 def main() -> None:
@@ -44,13 +49,21 @@ def main() -> None:
                         help="learning rate (default the config's, 0.008)")
     parser.add_argument("--root", default=None)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
     common = dict(benchmark=args.benchmark, epochs=args.epochs)
     tag = ""
     if args.lr is not None:
         common["lr"], tag = args.lr, f"-lr{args.lr:g}"
+    argcheck.config(parser, method="sd-lora", **common)
+    argcheck.seeds(parser, args.seeds)
     args.root = args.root or f"cache/benchmark/{args.benchmark}/magnitude_start"
-    bench = load_benchmark(args.benchmark, image_size=image_size(TrainConfig(**common).backbone))
+    argcheck.output_folder(parser, args.root, "--root")
+    for seed in args.seeds:  # a run folder made with other settings is never reused
+        for start in (0.0, 1.0):
+            argcheck.run_matches(parser, Path(args.root) / name_of(tag, seed, start), TrainConfig(
+                method="sd-lora", seed=seed, new_magnitude_init=start, **common), "--root")
+    logging.basicConfig(level=logging.WARNING)
+    bench = argcheck.checked(parser, load_benchmark, args.benchmark,
+                             image_size=image_size(TrainConfig(**common).backbone))
     cpu = torch.device("cpu")
     # per run and task t >= 2: the earlier tasks' mean accuracy right after task t-1 (before),
     # and right at the start of task t with the new head rows and the new direction in place,
@@ -59,8 +72,7 @@ def main() -> None:
     finals = {1.0: [], 0.0: []}
     for seed in args.seeds:
         for start in (0.0, 1.0):
-            name = f"sd-lora{tag}-s{seed}" if start == 0.0 else f"sd-lora-alpha1{tag}-s{seed}"
-            run = RunFolder(Path(args.root) / name)
+            run = RunFolder(Path(args.root) / name_of(tag, seed, start))
             config = TrainConfig(method="sd-lora", seed=seed, new_magnitude_init=start, **common)
             if not run.exists():
                 train(config, out=run.path, progress=False)

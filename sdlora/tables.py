@@ -12,8 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["mean_se", "fmt", "paired_test", "load_table", "display_rows", "results_dir",
-           "TableError"]
+__all__ = ["mean_se", "fmt", "paired_test", "holm", "versus_reference", "coupled_rates",
+           "load_table",
+           "display_rows", "results_dir", "TableError", "REFERENCE", "ALPHA"]
+
+REFERENCE = "sd-lora"  # the row every other row is tested against (its label)
+ALPHA = 0.05  # the level of every verdict, on Holm-adjusted p-values
 
 
 def results_dir() -> Path:
@@ -37,8 +41,14 @@ def fmt(values: list[float]) -> str:
     return f"{m:.1f}" if np.isnan(se) else f"{m:.1f} ± {se:.1f}"
 
 
+def verdict(diff: float, p: float) -> str:
+    return ("no significant difference" if not p < ALPHA
+            else "higher" if diff > 0 else "lower")
+
+
 def paired_test(a: list[float], b: list[float]) -> dict:
-    """Paired t-test of a - b over seeds: mean difference, p-value, and the verdict at 0.05."""
+    """Paired t-test of a - b over seeds: mean difference, p-value, and the verdict at 0.05
+    for this one test alone (a table corrects for its many: `versus_reference`)."""
     from scipy import stats
 
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
@@ -48,9 +58,48 @@ def paired_test(a: list[float], b: list[float]) -> dict:
         p = 0.0 if diff[0] != 0 else 1.0
     else:
         p = float(stats.ttest_rel(a, b).pvalue)
-    verdict = ("no significant difference" if p >= 0.05
-               else "higher" if diff.mean() > 0 else "lower")
-    return dict(diff=float(diff.mean()), p=p, verdict=verdict)
+    return dict(diff=float(diff.mean()), p=p, verdict=verdict(float(diff.mean()), p))
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of `pvalues` (family-wise error over all of them), in the
+    order given: the k-th smallest of m becomes max over j <= k of min(1, (m - j + 1) p_(j)).
+    A nan (no test) stays nan and is not counted in m."""
+    tested = [i for i, p in enumerate(pvalues) if p == p]
+    m, running = len(tested), 0.0
+    out = [float("nan")] * len(pvalues)
+    for k, i in enumerate(sorted(tested, key=lambda i: pvalues[i])):
+        running = max(running, min(1.0, (m - k) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+def versus_reference(rows: list[dict]) -> list[dict | None]:
+    """Per row, the paired t-test of its Acc against the reference row's (`REFERENCE`) over the
+    seeds both have (a row with a seed the reference lacks is not tested), from the rows'
+    per-seed values, and Holm's adjustment over every test of the table: diff, p (raw), p_holm,
+    tests (how many the adjustment counted) and the verdict at 0.05 on p_holm. Without a
+    reference row the tests stored in the rows (``versus_sd_lora``) are adjusted instead."""
+    ref = next((r for r in rows if r["label"] == REFERENCE), None)
+    tests: list[dict | None] = []
+    for row in rows:
+        if ref is None:
+            stored = row.get("versus_sd_lora")
+            tests.append(dict(stored) if stored else None)
+        elif row is ref:
+            tests.append(None)
+        else:
+            by_seed = dict(zip(ref["seeds"], ref["acc"]))
+            tests.append(paired_test(row["acc"], [by_seed[s] for s in row["seeds"]])
+                         if all(s in by_seed for s in row["seeds"]) else None)
+    adjusted = holm([t["p"] if t else float("nan") for t in tests])
+    count = sum(1 for p in adjusted if p == p)
+    for test, p in zip(tests, adjusted):
+        if test:
+            test.update(p_holm=p, tests=count)
+            if p == p:
+                test["verdict"] = verdict(test["diff"], p)
+    return tests
 
 
 ROW_KEYS = ("label", "method", "lr", "lr_source", "seeds", "acc", "aaa", "forgetting")
@@ -78,22 +127,37 @@ def load_table(path: str | Path) -> dict:
     return data
 
 
+def coupled_rates(parts: dict[str, float] | None) -> str:
+    """'; head 0.0112, ...': the rates of a method's other parts (`sdlora.config.part_rates`,
+    whose first is the base rate `lr`), empty for a method of one rate."""
+    if not parts or len(parts) < 2:
+        return ""
+    return "; " + ", ".join(f"{k} {v:.3g}" for k, v in list(parts.items())[1:])
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
 def display_rows(data: dict) -> list[dict[str, str]]:
-    """One dict of strings per row, the columns the README and the app show."""
+    """One dict of strings per row, the columns the README and the app show; the tests against
+    SD-LoRA recomputed from the rows' per-seed values with Holm's adjustment over the table
+    (`versus_reference`): raw and adjusted p, the verdict on the adjusted one."""
     out = []
-    for row in data["rows"]:
+    for row, test in zip(data["rows"], versus_reference(data["rows"])):
         if row["method"] == "simplecil":
             lr = "—"
         else:
             lr = f"{row['lr']:g}" + ("" if row["lr_source"] == "tuned"
                                      else f" ({row['lr_source']})")
-        test = row.get("versus_sd_lora")
+            lr += coupled_rates(row.get("part_rates"))
         versus = "" if not test else (
             f"{test['diff']:+.1f}" + ("" if test["p"] != test["p"]  # nan: one seed
-                                      else ", p < 0.001" if test["p"] < 0.001
-                                      else f", p = {test['p']:.3f}") + f": {test['verdict']}")
+                                      else f", p {_p(test['p'])}, Holm p {_p(test['p_holm'])}")
+            + f": {test['verdict']}")
         out.append({"method": row["label"], "lr (validation)": lr,
                     "seeds": " ".join(str(s) for s in row["seeds"]),
                     "Acc": fmt(row["acc"]), "AAA": fmt(row["aaa"]),
-                    "forgetting": fmt(row["forgetting"]), "Acc vs SD-LoRA (paired t)": versus})
+                    "forgetting": fmt(row["forgetting"]),
+                    "Acc vs SD-LoRA (paired t, Holm)": versus})
     return out

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .backbone import create_backbone, image_size
+from .backbone import create_backbone, image_size, weights_file, weights_sha256
 from .config import ConfigError, TrainConfig
 from .data import ArrayDataset, Benchmark, TaskSplit, load_benchmark, make_task_split
 from .distributed import barrier, context, shard, wrap
@@ -35,9 +35,11 @@ from .methods import ContinualMethod, build_method
 from .runs import RunError, RunFolder, atomic_write_json, default_runs_root
 
 __all__ = ["resolve_device", "build_model", "load_model", "evaluate", "train", "task_generator",
-           "new_run_id", "load_data", "split_for"]
+           "new_run_id", "load_data", "split_for", "backbone_record",
+           "check_backbone_weights"]
 
 log = logging.getLogger(__name__)
+_REPO = Path(__file__).resolve().parent.parent
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,12 +85,46 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Cont
     return build_method(backbone, config, mean, std).to(device)
 
 
+def backbone_record(config: TrainConfig) -> dict:
+    """What a run records in ``backbone.json`` when it begins: the backbone, the local weights
+    file it loads (None: timm's hub weights) and that file's sha256."""
+    file = weights_file(config.backbone, config.weights)
+    shown = None if file is None else str(file)
+    if file is not None and file.resolve().is_relative_to(_REPO):  # a shipped file: repo path
+        shown = str(file.resolve().relative_to(_REPO))
+    return dict(backbone=config.backbone, weights=shown,
+                sha256=weights_sha256(file) if file is not None and file.is_file() else None)
+
+
+def check_backbone_weights(run: RunFolder, config: TrainConfig | None = None) -> None:
+    """RunError when `run` recorded its backbone weights' sha256 and the file its config
+    loads today has another one: its checkpoints hold no frozen backbone, so they are only
+    valid with the file they were trained on. A run without a record (made before runs
+    recorded one) is not checked."""
+    record = run.backbone()
+    if record is None or record["sha256"] is None:
+        return
+    config = config or TrainConfig.from_dict(run.config())
+    file = weights_file(config.backbone, config.weights)
+    if file is None or not file.is_file():  # building the backbone names a missing file
+        return
+    now = weights_sha256(file)
+    if now != record["sha256"]:
+        raise RunError(f"run {run.path} was trained on the backbone weights {file} with "
+                       f"sha256 {record['sha256']} (recorded in {run.backbone_path}), but that "
+                       f"file now has sha256 {now}: its checkpoints hold no backbone and are "
+                       f"only valid with the file they were trained on; restore that file "
+                       f"(e.g. `git checkout -- {file}`) or train the run again")
+
+
 def load_model(run: RunFolder | Path | str, task: int, device: torch.device | str = "cpu",
                ) -> ContinualMethod:
-    """The model of `run` at the end of `task` (0-based), rebuilt from its checkpoint."""
+    """The model of `run` at the end of `task` (0-based), rebuilt from its checkpoint; RunError
+    if the backbone weights file changed since the run was made (`check_backbone_weights`)."""
     run = run if isinstance(run, RunFolder) else RunFolder(run)
     tensors, meta = run.checkpoint(task)
     config = TrainConfig.from_dict(meta["config"])
+    check_backbone_weights(run, config)
     model = build_model(config, device)
     model.load_checkpoint(tensors, meta)
     return model.to(device)
@@ -232,6 +268,7 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
     try:
         if resume is None and context().is_main:
             atomic_write_json(run.config_path, config.to_dict())
+            atomic_write_json(run.backbone_path, backbone_record(config))
         return _train_claimed(run, config, resume is not None, progress, benchmark, on_task_end)
     finally:
         if claim is not None:
@@ -239,11 +276,12 @@ def train(config: TrainConfig | None = None, out: Path | str | None = None,
 
 
 def _known_rows(run: RunFolder) -> tuple[int, dict | None]:
-    """(finished tasks, metrics) of a run being resumed. A missing or empty metrics.json is
-    rebuilt from the checkpoints by the caller; a damaged one, or a metrics row without its
-    checkpoint, is refused (nothing is overwritten)."""
+    """(finished tasks, metrics) of a run being resumed. A missing or empty metrics.json (0
+    bytes, ``{}`` or ``[]``) is rebuilt from the checkpoints by the caller; a damaged one, or
+    a metrics row without its checkpoint, is refused (nothing is overwritten)."""
     try:
-        raw = json.loads(run.metrics_path.read_text()) if run.metrics_path.exists() else None
+        text = run.metrics_path.read_text() if run.metrics_path.exists() else ""
+        raw = json.loads(text) if text.strip() else None  # a 0-byte file is an empty one
     except (json.JSONDecodeError, UnicodeDecodeError):
         raw = "corrupt"
     if raw in (None, [], {}):
@@ -262,7 +300,9 @@ def _known_rows(run: RunFolder) -> tuple[int, dict | None]:
 
 def _train_claimed(run: RunFolder, config: TrainConfig, resuming: bool, progress: bool,
                    benchmark: Benchmark | None, on_task_end) -> RunFolder:
-    rows, metrics = _known_rows(run) if resuming else (0, None)  # refusals before any work
+    if resuming:  # refusals before any work
+        check_backbone_weights(run, config)
+    rows, metrics = _known_rows(run) if resuming else (0, None)
     device = resolve_device(config.device)
     ctx = context(device.type)
     if ctx.active and device.type == "cuda":
@@ -296,7 +336,7 @@ def _train_claimed(run: RunFolder, config: TrainConfig, resuming: bool, progress
         log.info("resuming %s after task %d of %d", run.id, done, n_tasks)
         model = load_model(run, done - 1, device)
     train_sizes = [len(split.task_data(benchmark.train, t)) for t in range(n_tasks)]
-    steps_per_task = [config.epochs * math.ceil(n / config.batch_size)
+    steps_per_task = [config.loop_epochs() * math.ceil(n / config.batch_size)
                       if model.trains_by_gradient else 0 for n in train_sizes]
     global_step = sum(steps_per_task[:done])
     status = _Status(run, sum(steps_per_task), enabled=ctx.is_main)
@@ -374,7 +414,8 @@ def _train_task(model: ContinualMethod, config: TrainConfig, split: TaskSplit, b
     optimizer = _optimizer(groups, config)
     optimizers = [optimizer] + ([fused] if fused is not None and fused.trains else [])
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
-    total = config.epochs * steps_per_epoch
+    epochs = config.loop_epochs()  # hide-prompt: its share of `epochs` (TrainConfig.hide_budget)
+    total = epochs * steps_per_epoch
     schedulers = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, total) for o in optimizers]
                   if config.schedule == "cosine" else [])
     ctx = context()
@@ -386,7 +427,7 @@ def _train_task(model: ContinualMethod, config: TrainConfig, split: TaskSplit, b
     step = 0
     with open(log_path, "w") as steps_log:
         try:
-            for epoch in range(config.epochs):
+            for epoch in range(epochs):
                 model.train()
                 order = torch.randperm(len(data), generator=generator)
                 start = time.perf_counter()
@@ -440,7 +481,7 @@ def _train_task(model: ContinualMethod, config: TrainConfig, split: TaskSplit, b
                     bar.set_postfix(loss=f"{loss.item():.3f}")
                     status.steps_here += 1
                     status.write("running", task=task, tasks=split.num_tasks, epoch=epoch,
-                                 epochs=config.epochs, step=step, steps=total,
+                                 epochs=epochs, step=step, steps=total,
                                  global_step=global_step + step, loss=loss.item(),
                                  magnitudes=record.get("magnitudes", {}))
                     start = time.perf_counter()

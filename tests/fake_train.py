@@ -4,6 +4,9 @@ so a test can see that each job ran exactly once and never two at once.
 
 Environment: FAKE_TRAIN_LOG (the shared log), FAKE_TRAIN_SECONDS (how long it "trains"),
 FAKE_TRAIN_GRANDCHILD (start a `sleep` child, as DataLoader workers are, and record its pid).
+
+`finished_run` writes a finished run folder with a given accuracy matrix in an instant (config,
+metrics, status and empty checkpoint files), for tests that only read runs.
 """
 import json
 import os
@@ -46,6 +49,31 @@ def main() -> int:
     status("finished")
     note("end")
     return 0
+
+
+def finished_run(out, config, matrix, tasks=None):
+    """A run folder of `config` (a TrainConfig) whose accuracy matrix is `matrix`; with `tasks`
+    larger than its rows, an interrupted one."""
+    from sdlora.metrics import summarise
+    from sdlora.runs import RunFolder, atomic_write_json
+
+    run = RunFolder(out)
+    run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.config_path, config.to_dict())
+    summary = summarise(matrix, [10] * len(matrix))
+    atomic_write_json(run.metrics_path, dict(
+        method=config.method, benchmark=config.benchmark, seed=config.seed,
+        tasks=tasks or len(matrix), tasks_done=len(matrix), config=config.to_dict(),
+        accuracy_matrix=matrix, task_info=[], **summary))
+    import torch
+    from safetensors.torch import save_file
+
+    for task in range(len(matrix)):  # whole (tiny) safetensors files: listing checks them
+        save_file({"head": torch.zeros(1)}, str(run.checkpoint_path(task)))
+    done = tasks is None or tasks == len(matrix)
+    atomic_write_json(run.status_path, dict(state="finished" if done else "cancelled",
+                                            updated=time.time()))
+    return run
 
 
 if __name__ == "__main__":

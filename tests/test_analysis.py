@@ -340,3 +340,53 @@ def test_task_specific_weights_and_their_distances(tiny_runs):
     matrix = relative_distances(deltas["all"])
     assert np.isfinite(matrix).all() and (np.diag(matrix) == 0).all()
     assert (matrix[~np.eye(3, dtype=bool)] > 0).all()
+
+
+# -- the path plane (Fig. 4a measured, issue 22) -----------------------------------------------
+def test_plane_coordinates_known_by_construction():
+    from sdlora.analysis import plane_coordinates
+
+    e1, e2, e3 = np.linalg.qr(np.random.default_rng(0).standard_normal((40, 3)))[0].T
+    w0 = np.random.default_rng(1).standard_normal(40)  # the start need not be the origin
+    ab = np.array([[0, 0], [2, 0], [1, 3], [-1, 4]], dtype=float)  # start, tasks 1-2, end
+    on = w0 + ab @ np.stack([e1, e2])
+    plane = plane_coordinates(on)
+    assert plane["coords"] == pytest.approx(ab, abs=1e-12)  # u = e1, v = e2: known
+    assert w0 + plane["coords"] @ plane["basis"] == pytest.approx(on, abs=1e-12)  # themselves
+    assert plane["variance_share"] == pytest.approx(1.0) and plane["off_plane"].max() < 1e-12
+    off = on.copy()
+    off[2] += 0.5 * e3  # task 2's point off the plane: it projects to where it was, 0.5 away
+    plane = plane_coordinates(off)
+    assert plane["coords"] == pytest.approx(ab, abs=1e-12)
+    assert plane["off_plane"] == pytest.approx([0, 0, 0.5, 0], abs=1e-12)
+    total = ((off - off.mean(0)) ** 2).sum()
+    assert plane["variance_share"] == pytest.approx(1 - 0.25 / total)
+    assert plane["variance_share"] < plane["pca_share"] <= 1 + 1e-12  # the best plane holds more
+    with pytest.raises(ValueError, match="straight line"):
+        plane_coordinates(w0 + np.outer([0, 1, 2, 3], e1))
+
+
+def test_path_plane_on_a_tiny_run(tiny_runs):
+    """Two tasks: the start and both checkpoints span the plane (variance share 1, no point off
+    it); three: the middle checkpoint is projected, the ends are not. The path's accuracies are
+    the checkpoints' own: at the end, the final model's with the task given (all test images)."""
+    from sdlora.analysis import path_plane, within_task_accuracy
+
+    runs, bench = tiny_runs
+    run = runs["sd-lora"]
+    two = path_plane(run, tasks=2, grid=3, images=100, benchmark=bench)
+    assert two["variance_share"] == pytest.approx(1.0) and max(two["off_plane"]) < 1e-6
+    assert len(two["path"]) == 3 and two["path"][0] == [0.0, 0.0]
+    assert np.array(two["task1"]).shape == (3, 3) and two["parameters"] > 0
+    three = path_plane(run, grid=3, images=100, benchmark=bench)  # default: every task
+    assert three["tasks"] == 3 and three["off_plane"][1] < 1e-6 and three["off_plane"][3] < 1e-6
+    assert three["variance_share"] <= three["pca_share"] + 1e-9
+    path = np.array(three["path"])
+    a, b = np.array(three["a"]), np.array(three["b"])
+    assert a[0] <= path[:, 0].min() and path[:, 0].max() <= a[-1]  # the grid holds the path
+    assert b[0] <= path[:, 1].min() and path[:, 1].max() <= b[-1]
+    final = within_task_accuracy(run, benchmark=bench)["task_il"].tolist()
+    assert [three["end_task1"], three["end_latest"]] == pytest.approx([final[0], final[2]])
+    assert three["best_task1"] >= max(three["task1"][0])
+    with pytest.raises(ValueError, match="tasks=1 is not valid"):
+        path_plane(run, tasks=1, benchmark=bench)

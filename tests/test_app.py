@@ -12,8 +12,8 @@ from sdlora.runs import RunFolder, atomic_write_json
 from sdlora.train import train
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ["overview", "train", "accuracy", "magnitudes", "directions", "interpolation",
-         "theory", "efficiency"]
+PAGES = ["overview", "tradeoff", "train", "accuracy", "magnitudes", "directions",
+         "interpolation", "theory", "efficiency"]
 
 
 def _open(page: str) -> AppTest:
@@ -128,6 +128,8 @@ def test_accuracy_page_splits_acc_by_task_given(demo_cache, monkeypatch, tmp_pat
 def test_train_form_refuses_bad_input(tmp_path, monkeypatch):
     monkeypatch.setenv("SDLORA_CACHE", str(tmp_path))
     at = _open("train")
+    folder = at.text_input[0]  # the data folder: not used by the embedded default (issue 23)
+    assert folder.label.startswith("Data folder") and folder.disabled
     at.number_input[0].set_value(3)  # tasks: 3 does not divide 20 classes
     at.button[0].click().run()
     assert not at.exception
@@ -136,8 +138,9 @@ def test_train_form_refuses_bad_input(tmp_path, monkeypatch):
     at.number_input[2].set_value(-0.5)  # learning rate
     at.button[0].click().run()
     assert any("lr=-0.5" in e.value for e in at.error)
+    at.selectbox[1].set_value("imagenet-r").run()  # a paper benchmark without its data folder
+    assert not at.text_input[0].disabled
     at.number_input[2].set_value(0.008)
-    at.selectbox[1].set_value("imagenet-r")  # a paper benchmark without its data folder
     at.text_input[0].set_value(str(tmp_path / "no-such-folder"))
     at.button[0].click().run()
     assert any("does not have the expected layout" in e.value for e in at.error)
@@ -199,6 +202,53 @@ def test_pages_with_a_damaged_run_selected(page, name, damaged_cache, monkeypatc
     if page in ("accuracy", "magnitudes", "directions"):
         errors = " ".join(e.value for e in at.error)
         assert DAMAGED[name][2] in errors, errors  # the page names what is wrong
+
+
+@pytest.mark.parametrize("page, name", [("accuracy", "bad-config"),
+                                        ("directions", "bad-metrics")])
+def test_a_damaged_run_selected_keeps_the_sidebar_picker(page, name, damaged_cache, monkeypatch):
+    """The page says the other runs are in the sidebar: the picker is there, with the damaged
+    run still chosen (and marked), on this run of the page and the next (issue 23, item 10)."""
+    monkeypatch.setenv("SDLORA_CACHE", str(damaged_cache))
+    path = str(damaged_cache / "runs" / name)
+    at = _open_with_run(page, damaged_cache / "runs" / name)
+    for _ in range(2):
+        assert not at.exception
+        errors = " ".join(e.value for e in at.error)
+        assert DAMAGED[name][2] in errors and "The other runs are in the sidebar" in errors
+        picker = at.sidebar.selectbox
+        assert len(picker) == 1 and picker[0].value == path, [p.value for p in picker]
+        assert {"demo-lora", f"{name} (damaged)"} <= set(picker[0].options)  # as labelled
+        at.run()
+
+
+def test_efficiency_table_shows_a_damaged_run_as_one_row(damaged_cache, tmp_path, monkeypatch):
+    """Runs chosen on the Efficiency page, one with a truncated checkpoint and one whose config
+    is broken among them: a row each, the damaged ones saying what is wrong (issue 23, 10)."""
+    import shutil
+
+    import pandas as pd
+
+    runs = tmp_path / "runs"
+    shutil.copytree(damaged_cache / "runs", runs)
+    shutil.copytree(runs / "demo-sd-lora", runs / "truncated")
+    checkpoint = runs / "truncated" / "checkpoints" / "task_001.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    shutil.rmtree(runs / "truncated" / "analyses", ignore_errors=True)  # measured, not cached
+    monkeypatch.setenv("SDLORA_CACHE", str(tmp_path))
+    at = _open("efficiency")
+    names = ["demo-lora", "truncated", "bad-config", "demo-sd-lora"]
+    at.multiselect[0].set_value([str(runs / n) for n in names]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert list(table["run"]) == names
+    damaged = dict(zip(table["run"], table["damaged"]))
+    assert pd.isna(damaged["demo-lora"]) and pd.isna(damaged["demo-sd-lora"])
+    assert "task_001.safetensors" in damaged["truncated"]
+    assert DAMAGED["bad-config"][2] in damaged["bad-config"]
+    assert (table.set_index("run").loc[["demo-lora", "demo-sd-lora"], "stored_params"]
+            > 0).all()
+    assert "2 of the chosen runs cannot be measured" in " ".join(w.value for w in at.warning)
 
 
 # -- the baselines on the pages that make sense for them (issue #10) ---------------------------
@@ -265,3 +315,46 @@ def test_overview_shows_the_measured_tables(tmp_path, monkeypatch):
     rows = load_table(results / "table_glyphs40.json")["rows"]
     assert list(shown["method"]) == [r["label"] for r in rows]
     assert any("table_broken.json" in w.value for w in at.warning)  # named, page still drawn
+
+
+# -- the path plane on the Interpolation page (issue 22) -------------------------------------
+def test_interpolation_page_draws_the_demo_runs_path_planes(tmp_path, monkeypatch):
+    """The shipped demo runs' stored path planes (LoRA beside SD-LoRA, seed 0) draw at once:
+    nothing is computed, no button is offered."""
+    import shutil
+
+    from sdlora.analysis.plane import plane_name
+
+    repo = Path(APP).parent / "cache" / "demo"
+    for name in ("lora-s0", "sd-lora-s0"):
+        assert (repo / name / "analyses" / f"{plane_name(5)}.json").exists()
+        shutil.copytree(repo / name, tmp_path / "demo" / name)
+    monkeypatch.setenv("SDLORA_CACHE", str(tmp_path))
+    at = _open("interpolation")
+    assert not at.error, [e.value for e in at.error]
+    assert _charts(at) == 2 and not any(b.label.startswith("Compute the path") for b in at.button)
+    assert any("variance" in c.value for c in at.caption)
+    assert sorted(p.name for p in (tmp_path / "demo" / "lora-s0" / "analyses").iterdir()) == \
+        sorted(p.name for p in (repo / "lora-s0" / "analyses").iterdir())  # nothing written
+
+
+def test_interpolation_page_computes_a_path_plane_on_request(demo_cache, tmp_path, monkeypatch):
+    import shutil
+
+    from sdlora.analysis import plane
+    from tests.conftest import small_benchmark
+
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache, cache)
+    monkeypatch.setenv("SDLORA_CACHE", str(cache))
+    monkeypatch.setattr(plane, "PLANE_GRID", 3)  # a tiny grid: the page passes what it reads
+    monkeypatch.setattr(plane, "PLANE_IMAGES", 4)
+    # the fixture's runs were trained on 4 of digits' classes (their config says all digits)
+    monkeypatch.setattr("sdlora.train.load_data", lambda config: small_benchmark(classes=4))
+    at = _open("interpolation")
+    buttons = [b for b in at.button if b.label.startswith("Compute the path of demo-lora")]
+    assert len(buttons) == 1 and _charts(at) == 1  # nothing computed unasked
+    buttons[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert (cache / "runs" / "demo-lora" / "analyses" / "path_plane_task2_3_4.json").exists()
+    assert _charts(at) == 2

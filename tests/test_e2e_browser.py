@@ -22,8 +22,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
-PAGES = ["overview", "train", "accuracy", "magnitudes", "directions", "interpolation", "theory",
-         "efficiency"]
+PAGES = ["overview", "tradeoff", "train", "accuracy", "magnitudes", "directions",
+         "interpolation", "theory", "efficiency"]
 TITLES = ["Overview", "Train", "Accuracy", "Magnitudes", "Directions", "Interpolation", "Theory",
           "Efficiency"]
 FILE_NAMES = {"app", *PAGES}
@@ -161,7 +161,7 @@ def _link_applied_then_bad_link(page, url: str) -> None:
     page.screenshot(path=str(ARTIFACTS / "link-accuracy.png"), full_page=True)
     page.goto(url + "/interpolation?run=gone&runs=gone&task=abc&bogus=1")
     for note in ("`runs=gone` is not a run here", "`task=abc` is not a whole number",
-                 "`run=gone` is not a run here", "`bogus=1` is not a choice on this page"):
+                 "`run=gone` is not a run here", "`bogus=1` is not a choice in this view"):
         expect(page.get_by_text(note.replace("`", ""), exact=False).first) \
             .to_be_visible(timeout=90_000)
     expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)

@@ -25,6 +25,8 @@ def _cfg(**kw) -> TrainConfig:
     base = dict(benchmark="digits", method="hide-prompt", tasks=2, epochs=1, batch_size=16,
                 residual_every=0, device="cpu")
     base.update(kw)
+    if base["method"] == "hide-prompt":  # these tests set the released stages' epochs
+        base.setdefault("hide_budget", "released")
     return TrainConfig(**base)
 
 
@@ -343,7 +345,7 @@ def test_cli_trains_hide_prompt_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     code = cli.main(["train", "--method", "hide-prompt", "--benchmark", "digits", "--tasks", "2",
                      "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--quiet",
-                     "--hide-tii-epochs", "4", "--hide-ca-epochs", "2", "--hide-centroids", "3",
+                     "--hide-budget", "released", "--hide-tii-epochs", "4", "--hide-ca-epochs", "2", "--hide-centroids", "3",
                      "--hide-tap-lr", "0.01", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0 and "method hide-prompt" in printed
@@ -387,3 +389,70 @@ def test_accuracy_page_shows_the_task_identity_of_a_hide_prompt_run(hide_run, mo
     assert "Task identity" in [h.value for h in at.subheader]
     last = run.metrics()["task_info"][-1]["task_identity_accuracy"]
     assert any(m.value == f"{sum(last) / len(last):.1f}%" for m in at.metric)
+
+
+def test_equal_budget_shares_epochs_and_the_counted_steps_match_the_formula(tmp_path):
+    """Issue 21: at hide_budget 'equal' the task-identity stage and the prompts share `epochs`
+    passes over a task's images (20 : 150, at least one each), the alignments scaled alike;
+    every optimiser step of a run is counted and matches `optimiser_steps`."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from sdlora.methods.hide_prompt import optimiser_steps
+
+    # hand-worked on glyphs40's shape (800 images a task, batch 32, 8 classes a task), task 4:
+    # released: 20 identity epochs x 25 batches, 4 prompt epochs x 25, 30 x 32 earlier classes
+    # for each alignment; equal: 1 + 3 epochs, alignments round(1 x 30/20) = 2 and
+    # max(1, round(3 x 30/150)) = 1 epochs of 32 steps
+    released = TrainConfig(method="hide-prompt", hide_budget="released")
+    equal = TrainConfig(method="hide-prompt")
+    assert equal.hide_budget == "equal"
+    assert optimiser_steps(released, 800, 8, 4) == dict(
+        identity=500, prompts=100, identity_alignment=960, final_alignment=960)
+    assert optimiser_steps(equal, 800, 8, 4) == dict(
+        identity=25, prompts=75, identity_alignment=64, final_alignment=32)
+    # 20 epochs: round(20 x 20/170 = 2.35) = 2 + 18; alignments 3 and round(3.6) = 4
+    assert TrainConfig(method="hide-prompt", epochs=20).hide_stages() == dict(
+        identity=2, prompts=18, identity_alignment=3, final_alignment=4)
+    assert TrainConfig(method="hide-prompt", epochs=170).hide_stages()["identity"] == 20
+    assert TrainConfig(method="lora").loop_epochs() == 4 and equal.loop_epochs() == 3
+    with pytest.raises(ConfigError, match="epochs=1 is too few for hide-prompt"):
+        TrainConfig(method="hide-prompt", epochs=1)
+    with pytest.raises(ConfigError, match="hide_tii_epochs=5 applies to hide_budget="
+                                          "'released' only"):
+        TrainConfig(method="hide-prompt", hide_tii_epochs=5)
+    with pytest.raises(ConfigError, match="hide_budget='released' applies to method "
+                                          "'hide-prompt' only"):
+        TrainConfig(method="lora", hide_budget="released")
+    # a config saved before the option existed ran the released stages
+    old = {k: v for k, v in released.to_dict().items() if k != "hide_budget"}
+    assert TrainConfig.from_dict(old).hide_budget == "released"
+    assert TrainConfig.from_dict(dict(method="lora")).hide_budget == "equal"
+
+    counted: dict[str, int] = {}
+    per_task: list[dict] = []
+    config = _cfg(hide_budget="equal", epochs=3, batch_size=8, hide_centroids=2)
+    tii_ca, tap = config.hide_rates()[1:]
+
+    def count(optimiser, args, kwargs):
+        group = optimiser.param_groups[0]
+        stage = ("prompts" if "name" in group else "identity"
+                 if isinstance(optimiser, torch.optim.Adam)
+                 else "identity_alignment" if group["initial_lr"] == pytest.approx(tii_ca)
+                 else "final_alignment" if group["initial_lr"] == pytest.approx(tap) else "?")
+        counted[stage] = counted.get(stage, 0) + 1
+
+    def snapshot(task, metrics):
+        per_task.append(dict(counted))
+        counted.clear()
+
+    bench = small_benchmark(per_class_train=8, per_class_test=4, classes=4)
+    handle = register_optimizer_step_pre_hook(count)
+    try:
+        train(config, out=tmp_path / "run", progress=False, benchmark=bench,
+              on_task_end=snapshot)
+    finally:
+        handle.remove()
+    want = [{k: v for k, v in optimiser_steps(config, 16, 2, t).items() if v}
+            for t in range(2)]
+    assert per_task == want
+    assert want[1] == dict(identity=2, prompts=4, identity_alignment=4, final_alignment=2)

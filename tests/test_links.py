@@ -103,7 +103,7 @@ def test_bad_and_stale_values_fall_back_with_a_one_line_note(demo_cache, monkeyp
                  "`points=abc` is not a whole number: showing the default (5)",
                  "`run=gone-run` is not a run here: showing the default (demo/sd-lora-s0)",
                  "`controls=maybe` is not one of hidden, shown",
-                 "`bogus=1` is not a choice on this page"):
+                 "`bogus=1` is not a choice in this view"):
         assert sum(said in n for n in notes) == 1, (said, notes)
     assert all("\n" not in n for n in notes)
     assert at.multiselect[0].value == [str(demo_cache / "demo" / "sd-lora-s1")]

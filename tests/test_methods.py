@@ -15,6 +15,8 @@ from conftest import small_benchmark
 def _cfg(**kw) -> TrainConfig:
     base = dict(benchmark="digits", tasks=2, epochs=1, batch_size=16, residual_every=0)
     base.update(kw)
+    if base.get("method") == "hide-prompt":  # its equal budget: 1 identity + 1 prompt epoch
+        base["epochs"] = max(base["epochs"], 2)
     return TrainConfig(**base)
 
 

@@ -239,7 +239,8 @@ def test_prompt_options_are_validated_with_clear_errors():
     with pytest.raises(ConfigError, match="applies to method 'dualprompt' only, not 'l2p'"):
         _cfg(method="l2p", dualprompt_variant="coda")
     with pytest.raises(ConfigError, match=r"ortho_weight=-0.1 is not valid; it must be a "
-                                          r"number >= 0 \(0.0 as the released CODA-Prompt"):
+                                          r"number from 0 to 1000 \(0.0 as the released "
+                                          r"CODA-Prompt"):
         _cfg(method="coda-prompt", ortho_weight=-0.1)
     # the paper's runs: its 0.1 times the early code's hidden 1e-6 (GT-RIPL/CODA-Prompt #4)
     assert _cfg(method="coda-prompt", ortho_weight=1e-7).ortho_weight == 1e-7

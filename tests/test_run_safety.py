@@ -3,6 +3,7 @@ written, resume rebuilds or refuses, damaged run folders are named, bad input is
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -165,7 +166,7 @@ def test_full_disk_while_writing_a_checkpoint(tmp_path, tiny_benchmark, monkeypa
 
 
 # -- 3. resume with metrics.json missing or empty --------------------------------------------
-@pytest.mark.parametrize("damage", ["missing", "[]", "{}"])
+@pytest.mark.parametrize("damage", ["missing", "[]", "{}", ""])  # "": 0 bytes (issue 23.8)
 def test_resume_rebuilds_lost_metrics_from_checkpoints(run_copy, damage):
     run, bench = run_copy
     original = run.metrics()
@@ -381,3 +382,124 @@ def test_read_only_folders_are_one_line(run_copy, tmp_path):
     assert f"cannot write to the run folder {run.path}" in resume[1]
     assert str(cache) in fresh[1] and "read-only" in fresh[1]
     assert _snapshot(run.path) == before
+
+
+# -- issue 23: damaged runs that look healthy, a refused --out, the backbone's hash ----------
+@pytest.mark.parametrize("cut", ["cut short", "zeros"])
+def test_damaged_checkpoint_is_listed_as_damaged(run_copy, capsys, cut):
+    run, _ = run_copy
+    path = run.checkpoint_path(0)
+    data = path.read_bytes()
+    path.write_bytes(data[:-100] if cut == "cut short" else bytes(len(data)))
+    message = "task_000.safetensors is damaged (" + (
+        "cut short: " if cut == "cut short" else "its header is not a safetensors header")
+    with pytest.raises(RunError, match=re.escape(message)):
+        run.summary()
+    code, out, _ = main(capsys, "runs", "--root", run.path.parent)
+    assert code == 0 and re.search(r"^copy +damaged: .*" + re.escape(message), out, re.M), out
+    code, out, _ = main(capsys, "show", run.path)
+    assert code == 0 and "2/2" in out and f"warning: {run.checkpoint_path(0)}" in out
+    for command in (["analyse", run.path, "--what", "accuracy"], ["train", "--resume", run.path]):
+        code, _, err = main(capsys, *command)
+        assert code == 2 and err.startswith("error: ") and message in err, (command, err)
+
+
+def test_missing_step_log_is_listed_as_damaged(run_copy, capsys):
+    from sdlora.analysis import magnitude_series
+
+    run, _ = run_copy
+    run.steps_path(0).unlink()
+    message = f"{run.steps_path(0)} is missing"
+    with pytest.raises(RunError, match=re.escape(message)):
+        run.summary()
+    with pytest.raises(RunError, match=re.escape(message)):  # not task 2's magnitudes alone
+        magnitude_series(run)
+    code, out, _ = main(capsys, "runs", "--root", run.path.parent)
+    assert code == 0 and re.search(r"^copy +damaged: .*" + re.escape(message), out, re.M), out
+    code, _, err = main(capsys, "analyse", run.path, "--what", "magnitudes")
+    assert code == 2 and err.startswith("error: ") and message in err, err
+
+
+def test_run_without_config_is_listed_as_damaged(finished, capsys):
+    from sdlora.runs import default_runs_root, list_runs
+
+    src, _ = finished
+    root = default_runs_root()
+    shutil.copytree(src, root / "no-config")
+    (root / "no-config" / "config.json").unlink()
+    (root / "not-a-run").mkdir()  # a folder sdlora never claimed is not a run
+    (root / "not-a-run" / "notes.txt").write_text("mine")
+    assert [r.id for r in list_runs()] == ["no-config"]
+    code, out, _ = main(capsys, "runs")
+    assert code == 0 and re.search(r"^no-config +damaged: .*config.json is missing", out, re.M)
+    assert "not-a-run" not in out
+
+
+@pytest.mark.parametrize("where", ["folder", "."])
+def test_refused_out_leaves_nothing_behind(tmp_path, capsys, monkeypatch, where):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    if where == ".":
+        monkeypatch.chdir(folder)
+    code, _, err = main(capsys, "train", "--benchmark", "digits", "--tasks", "2", "--epochs",
+                        "1", "--out", folder if where == "folder" else ".")
+    assert code == 2 and "already holds files this run did not write (notes.txt)" in err, err
+    assert os.listdir(folder) == ["notes.txt"]
+    with pytest.raises(RunError, match="already holds files"):  # the claim itself, too
+        RunFolder(folder).claim(new=True)
+    assert os.listdir(folder) == ["notes.txt"]
+    with pytest.raises(RunError, match="config.json is missing"):  # and a refused resume
+        RunFolder(folder).claim(new=False)
+    assert os.listdir(folder) == ["notes.txt"]
+
+
+def test_run_records_its_backbone_hash_and_refuses_another(run_copy, capsys):
+    """Checkpoints hold no frozen backbone: a run is only valid with the weights file it was
+    trained on; its sha256 is recorded, and a run whose file changed is refused, naming the
+    file and both hashes. A run without a record (older folders) still loads."""
+    import hashlib
+
+    from sdlora.backbone import EMBEDDED_WEIGHTS
+    from sdlora.train import load_model
+
+    run, bench = run_copy
+    record = json.loads(run.backbone_path.read_text())
+    shipped = hashlib.sha256(EMBEDDED_WEIGHTS.read_bytes()).hexdigest()
+    assert record == dict(backbone="embedded-vit", sha256=shipped,
+                          weights="sdlora/assets/embedded_vit_t6p4.safetensors")
+    load_model(run, 1)
+    atomic_write_json(run.backbone_path, dict(record, sha256="0" * 64))  # trained on another
+    message = (f"was trained on the backbone weights {EMBEDDED_WEIGHTS} with sha256 {'0' * 64} "
+               f"(recorded in {run.backbone_path}), but that file now has sha256 {shipped}")
+    with pytest.raises(RunError, match=re.escape(message)):
+        load_model(run, 0)
+    before = _snapshot(run.path)
+    for command in (["analyse", run.path, "--what", "accuracy"], ["train", "--resume", run.path],
+                    ["analyse", run.path, "--what", "interpolation"]):
+        code, _, err = main(capsys, *command)
+        assert code == 2 and err.startswith("error: ") and message in err, (command, err)
+    with pytest.raises(RunError, match=re.escape(message)):
+        train(resume=run.path, progress=False, benchmark=bench)
+    assert _snapshot(run.path) == before
+    run.backbone_path.unlink()  # a run folder made before runs recorded the hash
+    load_model(run, 0)
+
+
+def test_demo_runs_record_the_shipped_glyph_vit():
+    """The shipped demo runs were made with the shipped glyph-vit (checked when the record was
+    added: sd-lora-s0's task-1 checkpoint scores R[0][0] = 77.0 with it), so they are checked
+    against it like any run."""
+    import hashlib
+
+    from sdlora.backbone import GLYPH_WEIGHTS
+    from sdlora.train import check_backbone_weights
+
+    shipped = hashlib.sha256(GLYPH_WEIGHTS.read_bytes()).hexdigest()
+    demos = sorted(p for p in (REPO / "cache" / "demo").iterdir() if p.is_dir())
+    assert len(demos) >= 8
+    for folder in demos:
+        run = RunFolder(folder)
+        assert run.backbone() == dict(backbone="glyph-vit", sha256=shipped,
+                                      weights="sdlora/assets/glyph_vit_t6p4.safetensors"), folder
+        check_backbone_weights(run)

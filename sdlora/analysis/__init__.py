@@ -17,13 +17,16 @@ from .core import (
     residual_series,
     residuals_at_task_end,
     seed_groups,
+    stored,
     table5_row,
     task_identity_matrix,
     task_specific_weights,
     within_task_accuracy,
 )
 from .theory import matrix_factorisation_dynamics
+from .tradeoff import stability_plasticity, tradeoff_point
 from .landscape import toy_landscape
+from .plane import path_plane, plane_coordinates
 
 __all__ = [
     "absorption_table",
@@ -35,12 +38,17 @@ __all__ = [
     "magnitude_series",
     "magnitudes_at_task_end",
     "matrix_factorisation_dynamics",
+    "path_plane",
+    "plane_coordinates",
     "relative_distances",
     "residual_series",
     "residuals_at_task_end",
     "seed_groups",
+    "stability_plasticity",
+    "stored",
     "table5_row",
     "task_identity_matrix",
     "task_specific_weights",
     "toy_landscape",
+    "tradeoff_point",
 ]

@@ -15,10 +15,11 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-from .core import INTERPOLATION_POINTS  # noqa: E402 (numpy, pandas, torch: already needed)
+from .core import INTERPOLATION_POINTS, INTERPOLATION_POINTS_MAX  # noqa: E402 (numpy, pandas,
+#                                                                    torch: already needed)
 
 WHAT = ["accuracy", "magnitudes", "residuals", "interpolation", "efficiency", "distances",
-        "theory", "landscape"]
+        "theory", "landscape", "plane"]
 PNG_SIZE = dict(width=1000, height=560)
 
 
@@ -27,11 +28,13 @@ def add_parser(sub) -> None:
     p.add_argument("run")
     p.add_argument("--what", nargs="+", default=["accuracy", "magnitudes", "residuals",
                                                  "interpolation", "efficiency"],
-                   help=f"any of: {', '.join(WHAT)} (distances fine-tunes one model per task)")
+                   help=f"any of: {', '.join(WHAT)} (distances fine-tunes one model per task; "
+                        f"plane evaluates a 15 x 15 grid of models: minutes)")
     p.add_argument("--html", default=None, help="output folder (default: <run>/analyses/figures)")
     p.add_argument("--points", type=int, default=INTERPOLATION_POINTS,
                    help=f"interpolation points (default {INTERPOLATION_POINTS}: lambda 0, .25, .5, "
-                        f".75, 1; more for a finer line, each costs one pass over the test data)")
+                        f".75, 1; more for a finer line, up to {INTERPOLATION_POINTS_MAX}, each "
+                        f"costs one pass over the test data)")
     p.add_argument("--no-png", action="store_true", help="HTML and CSV only (no browser)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_analyse)
@@ -116,9 +119,10 @@ def run_analyse(args) -> int:
     unknown = [w for w in args.what if w not in WHAT]
     if unknown:
         raise ConfigError(f"--what {unknown} not valid; choose from: {', '.join(WHAT)}")
-    if args.points < 2:
-        raise ConfigError(f"--points {args.points} is not valid; interpolation needs at least 2 "
-                          f"points (the two checkpoints)")
+    if not 2 <= args.points <= INTERPOLATION_POINTS_MAX:
+        raise ConfigError(f"--points {args.points} is not valid; interpolation needs from 2 "
+                          f"points (the two checkpoints) to {INTERPOLATION_POINTS_MAX} (each "
+                          f"point is one pass over the test data per task boundary)")
     run = RunFolder(resolve_run(args.run))
     if not run.exists():
         raise ConfigError(f"{run.path} is not a run folder ({run.config_path} is missing)")
@@ -129,9 +133,13 @@ def run_analyse(args) -> int:
     _check_writable(out, "--html" if args.html else "the figures folder")
     _check_writable(run.analyses_dir, "the run's analyses cache")
     run.config()  # a damaged config.json is named here, before anything is computed
+    from ..train import check_backbone_weights
+    check_backbone_weights(run)  # a run whose backbone weights changed since: refused
     metrics = run.metrics()
     _quiet_browser_logs()
     done = run.completed_tasks()  # a metrics row whose checkpoint is missing is named here
+    if {"magnitudes", "residuals", "efficiency"} & set(args.what):
+        run.check_step_logs(done)  # and a finished task's step log that is gone
     boundaries = list(range(2, done + 1)) if "interpolation" in args.what else []
     steps = sum(w in args.what for w in WHAT if w != "interpolation") + len(boundaries)
     bar = tqdm(total=steps, desc="analyses", unit="step", disable=args.quiet, leave=True)
@@ -208,6 +216,17 @@ def run_analyse(args) -> int:
             m = np.array(matrix)
             figs.add(figures.distance_heatmap(m, f"Relative distances ({scope} weights)"),
                      pd.DataFrame(m), f"distances_{scope}")
+        bar.update()
+    if "plane" in args.what:
+        step("path plane (a grid of models)")
+        from .plane import path_frame, path_plane, plane_name
+
+        try:
+            result = core.cached(run, plane_name(done), lambda: path_plane(run))
+            figs.add(figures.path_plane_figure({run.id: result}), path_frame({run.id: result}),
+                     "path_plane")
+        except ValueError as err:  # no plain weights (L2P), or a backbone that never moved
+            log.warning("path plane skipped: %s", err)
         bar.update()
     if "theory" in args.what:
         step("theory")

@@ -32,19 +32,22 @@ import torch
 import torch.nn.functional as F
 
 from ..adapters import absolute_residual, least_squares_residual, normalise
-from ..config import TrainConfig
+from ..config import HIDE_OPTIONS, TrainConfig
 from ..runs import RunError, RunFolder, atomic_write_json
 
 __all__ = [
     "absorption_table", "accuracy_matrix_frame", "accuracy_table", "cached", "efficiency",
     "interpolate", "magnitude_series", "magnitudes_at_task_end", "relative_distances",
-    "residual_series", "residuals_at_task_end", "seed_groups", "table5_row",
+    "residual_series", "residuals_at_task_end", "seed_groups", "stored", "table5_row",
     "task_identity_matrix", "task_specific_weights", "within_task_accuracy",
 ]
 
 log = logging.getLogger(__name__)
 ANALYSIS_VERSION = 1
 INTERPOLATION_POINTS = 5  # the CLI's and the app's default, so the two share cached results
+# Each point is one pass over the test data for each task boundary; 101 is a step of 0.01 in
+# lambda (the app offers up to 21)
+INTERPOLATION_POINTS_MAX = 101
 
 
 def _run(run: RunFolder | str | Path) -> RunFolder:
@@ -60,19 +63,33 @@ def cached(run: RunFolder | str | Path, name: str, compute: Callable[[], object]
     """`compute()` once per run (and `key`, e.g. the task and the number of points), kept as
     ``analyses/<name>.json``; recomputed when the run has finished more tasks since."""
     run = _run(run)
+    value = stored(run, name, key)
+    if value is None:
+        value = compute()
+        atomic_write_json(run.analyses_dir / f"{name}.json", dict(stamp=_stamp(run, key),
+                                                                  value=value))
+    return value
+
+
+def _stamp(run: RunFolder, key: dict | None) -> dict:
     metrics = run.metrics(required=False) or {}
-    stamp = dict(version=ANALYSIS_VERSION, tasks_done=metrics.get("tasks_done", 0), key=key or {})
+    return dict(version=ANALYSIS_VERSION, tasks_done=metrics.get("tasks_done", 0), key=key or {})
+
+
+def stored(run: RunFolder | str | Path, name: str, key: dict | None = None) -> object | None:
+    """What `cached` keeps for `name` (and `key`) when it is up to date, else None: a page can
+    show a stored analysis at once and offer to compute a missing one instead of computing it
+    unasked."""
+    run = _run(run)
     path = run.analyses_dir / f"{name}.json"
     if path.exists():
         try:
-            stored = json.loads(path.read_text())
-            if stored.get("stamp") == stamp:
-                return stored["value"]
-        except (json.JSONDecodeError, KeyError):
+            kept = json.loads(path.read_text())
+            if kept.get("stamp") == _stamp(run, key):
+                return kept["value"]
+        except (json.JSONDecodeError, KeyError, AttributeError):
             log.warning("recomputing %s: the cached file is corrupt", path)
-    value = compute()
-    atomic_write_json(path, dict(stamp=stamp, value=value))
-    return value
+    return None
 
 
 # -- accuracy ----------------------------------------------------------------------------------
@@ -288,23 +305,30 @@ def absorption_table(run: RunFolder | str | Path, residuals: pd.DataFrame | None
     return out
 
 # -- interpolation (Fig. 4b/c) -----------------------------------------------------------------
-def _line_ends(before, after, method: str):
-    """The two checkpoints in their plain-ViT form (`merged()`): the weights at each end of the
-    line (every parameter but the head) and the later model, whose head is used all along."""
+def _plain(model, method: str, what: str = "interpolation"):
+    """`model.merged()` (its plain-ViT form); ValueError naming the method when it has none."""
     from ..methods import NotMergeable
 
     try:
-        start_model, end_model = before.merged(), after.merged()
+        return model.merged()
     except NotMergeable as err:
-        raise ValueError(f"method {method!r} has no plain-ViT form, so there are no two weight "
-                         f"vectors to draw a straight line between ({err}); interpolation is "
-                         f"for methods whose tasks end as plain weights (the LoRA family, "
-                         f"InfLoRA, SimpleCIL)") from None
+        raise ValueError(f"method {method!r} has no plain-ViT form, so there are no weight "
+                         f"vectors to draw a line or a plane through ({err}); {what} is for "
+                         f"methods whose tasks end as plain weights (the LoRA family, InfLoRA, "
+                         f"SimpleCIL)") from None
 
-    def body(m) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in m.model.state_dict().items()
-                if not k.startswith("head.")}
-    return end_model, body(start_model), body(end_model)
+
+def _body(plain) -> dict[str, torch.Tensor]:
+    """Every weight of a plain model (`_plain`) but the head's, by its state-dict name."""
+    return {k: v.detach().clone() for k, v in plain.model.state_dict().items()
+            if not k.startswith("head.")}
+
+
+def _line_ends(before, after, method: str):
+    """The two checkpoints in their plain-ViT form (`merged()`): the weights at each end of the
+    line (every parameter but the head) and the later model, whose head is used all along."""
+    start_model, end_model = _plain(before, method), _plain(after, method)
+    return end_model, _body(start_model), _body(end_model)
 
 
 @torch.no_grad()
@@ -321,14 +345,15 @@ def interpolate(run: RunFolder | str | Path, task: int, points: int = INTERPOLAT
     give the same numbers)."""
     from ..train import batches, load_data, load_model, split_for
 
+    if not 2 <= points <= INTERPOLATION_POINTS_MAX:
+        raise ValueError(f"points={points}; from 2 (the two checkpoints) to "
+                         f"{INTERPOLATION_POINTS_MAX}")
     run = _run(run)
     done = run.completed_tasks()
     if not 2 <= task <= done:
         raise ValueError(f"task={task} is not valid for run {run.id}: choose a finished task "
                          f"from 2 to {done}" if done >= 2 else
                          f"run {run.id} has {done} finished task(s); interpolation needs two")
-    if points < 2:
-        raise ValueError(f"points={points}; at least 2 (the two checkpoints)")
     config = TrainConfig.from_dict(run.config())
     benchmark = benchmark or load_data(config)
     split = split_for(config, benchmark)
@@ -419,7 +444,9 @@ def task_specific_weights(config: TrainConfig, epochs: int | None = None, lr: fl
 
     benchmark = benchmark or load_data(config)
     split = split_for(config, benchmark)
-    ft = TrainConfig.from_dict({**config.to_dict(), "method": "full-ft", "variant": "paper"})
+    ft = TrainConfig.from_dict({**{k: v for k, v in config.to_dict().items()
+                                   if k not in HIDE_OPTIONS},  # hide-prompt's own options
+                                "method": "full-ft", "variant": "paper"})
     epochs = epochs or config.epochs
     out = {"all": [], "qv": []}
     for task in range(config.tasks):

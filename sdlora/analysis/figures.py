@@ -13,13 +13,15 @@ from plotly.colors import qualitative
 __all__ = [
     "METHOD_COLOURS", "task_colour", "accuracy_heatmap", "accuracy_curves", "forgetting_curves",
     "magnitude_figure", "residual_figure", "residual_bars", "distance_heatmap",
-    "interpolation_figure", "theorem_figure", "landscape_figure", "step_cost_figure",
-    "mean_curve_figure", "step_cost_curve_figure",
+    "interpolation_figure", "path_plane_figure", "theorem_figure", "landscape_figure",
+    "step_cost_figure", "mean_curve_figure", "step_cost_curve_figure", "tradeoff_figure",
+    "task_tradeoff_bars",
 ]
 
 METHOD_COLOURS = {
     "sd-lora": "#d62728", "sd-lora-rr": "#ff7f0e", "sd-lora-kd": "#8c564b",
     "lora": "#1f77b4", "full-ft": "#7f7f7f", "frozen": "#2ca02c",
+    "inflora": "#8c6d31", "coda-prompt": "#637939",
     "fixed-first-direction": "#9467bd", "single-decoupled": "#e377c2", "no-rescale": "#17becf",
     "frozen-magnitudes": "#393b79",
 }
@@ -141,6 +143,58 @@ def mean_curve_figure(curves: dict[str, np.ndarray], title: str) -> go.Figure:
     return _layout(fig, title, "after task", "accuracy on all seen classes (%)")
 
 
+REFERENCE_METHODS = ("joint", "frozen", "simplecil")  # the trade-off plane's reference marks
+_REFERENCE_SYMBOLS = {"joint": "star", "frozen": "square", "simplecil": "diamond"}
+
+
+def tradeoff_figure(points: pd.DataFrame, title: str, lines: bool = False) -> go.Figure:
+    """The stability-plasticity plane: x = plasticity (mean learning accuracy), y = forgetting
+    (mean over the earlier tasks) on a reversed axis, so up is stable and right is plastic.
+    `points`: label, method, plasticity, forgetting, optional plasticity_se / forgetting_se
+    (error bars), text (shown beside the point), key (customdata: what choosing it selects).
+    One trace per method; joint, frozen and simplecil as reference marks. With `lines`, each
+    method's points are joined in their order (a sweep's curve)."""
+    fig = go.Figure()
+    for method, group in points.groupby("method", sort=False):
+        reference = method in _REFERENCE_SYMBOLS
+        error = {axis: dict(type="data", array=group[f"{name}_se"].fillna(0), thickness=1)
+                 for axis, name in (("error_x", "plasticity"), ("error_y", "forgetting"))
+                 if f"{name}_se" in group}
+        fig.add_trace(go.Scatter(
+            x=group["plasticity"], y=group["forgetting"], name=method,
+            mode=("lines+markers" if lines and not reference else "markers")
+            + ("+text" if "text" in group else ""),
+            text=group.get("text"), textposition="top center",
+            customdata=group.get("key", group["label"]),
+            marker=dict(color=method_colour(method), size=16 if reference else 11,
+                        symbol=_REFERENCE_SYMBOLS.get(method, "circle"),
+                        line=dict(color="black", width=1.5 if reference else 0.5)),
+            line=dict(color=method_colour(method)), **error,
+            hovertext=group["label"],
+            hovertemplate="%{hovertext}<br>plasticity (mean learning accuracy) %{x:.1f}%<br>"
+                          "forgetting (mean over earlier tasks) %{y:.1f} pts<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, "plasticity: mean accuracy on each task right after it "
+                               "was learned (%) →",
+                   "forgetting: mean points lost by the earlier tasks (less ↑)")
+
+
+def task_tradeoff_bars(frame: pd.DataFrame, title: str) -> go.Figure:
+    """Per task: what it learned (accuracy right after it) beside what was kept of it."""
+    fig = go.Figure()
+    for column, name, colour in (("learning_accuracy", "learned (right after the task)",
+                                  "#1f77b4"),
+                                 ("final_accuracy", "kept (after the last task shown)",
+                                  "#d62728")):
+        fig.add_trace(go.Bar(x=[f"task {t}" for t in frame["task"]], y=frame[column], name=name,
+                             marker_color=colour,
+                             hovertemplate="%{x}: %{y:.1f}%<extra>" + name + "</extra>"))
+    fig.update_layout(barmode="group")
+    fig = _layout(fig, title, "task", "accuracy on the task's test data (%)",
+                  yaxis_range=[0, 100])
+    return fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
+
+
 def magnitude_figure(series: pd.DataFrame, title: str = "Learned magnitudes") -> go.Figure:
     """alpha_k against optimiser steps, one line per component, task boundaries dashed."""
     fig = go.Figure()
@@ -226,6 +280,58 @@ def interpolation_figure(panels: dict[str, pd.DataFrame], task: int) -> go.Figur
     fig.update_yaxes(title_text="accuracy (%)", range=[0, 100], row=1, col=1)
     fig.update_layout(title="Accuracy along the straight line between two task checkpoints",
                       template="plotly_white", margin=dict(t=90))
+    return fig
+
+
+def path_plane_figure(panels: dict[str, dict], segment: int | None = None) -> go.Figure:
+    """`path_plane` results side by side, one column per run: task 1's accuracy surface above,
+    the latest task's below, each with the run's path (W0, then the model after each task) on
+    top; `segment` t (>= 2) draws the straight line from task t-1 to t (the Interpolation
+    page's line) thicker."""
+    from plotly.subplots import make_subplots
+
+    labels = list(panels)
+    titles = [f"{label}: task 1" for label in labels] + [
+        f"{label}: task {panels[label]['tasks']}" for label in labels]
+    fig = make_subplots(rows=2, cols=len(labels), subplot_titles=titles,
+                        horizontal_spacing=0.08, vertical_spacing=0.12)
+    for col, label in enumerate(labels, start=1):
+        r = panels[label]
+        path = np.array(r["path"])
+        colour = method_colour(r.get("method", ""))
+        for row, key in ((1, "task1"), (2, "latest")):
+            task = 1 if key == "task1" else r["tasks"]
+            fig.add_trace(go.Contour(
+                x=r["a"], y=r["b"], z=r[key], zmin=0, zmax=100, colorscale="Viridis",
+                contours=dict(coloring="heatmap", start=0, end=100, size=10),
+                showscale=row == 1 and col == 1, colorbar=dict(title="accuracy (%)"),
+                hovertemplate=f"task {task}: " + "%{z:.1f}%<br>(%{x:.2f}, %{y:.2f})<extra></extra>"),
+                row=row, col=col)
+            names = ["W0"] + [f"T{t}" for t in range(1, len(path))]
+            fig.add_trace(go.Scatter(
+                x=path[:, 0], y=path[:, 1], mode="lines+markers+text", text=names,
+                textposition="top center", textfont=dict(color="white"),
+                line=dict(color=colour, width=3),
+                marker=dict(color=colour, size=9, line=dict(color="white", width=1.5)),
+                name=r.get("method", label), showlegend=False,
+                hovertemplate="%{text}<extra>" + label + "</extra>"), row=row, col=col)
+            if segment is not None and 2 <= segment < len(path):
+                ends = path[[segment - 1, segment]]
+                fig.add_trace(go.Scatter(
+                    x=ends[:, 0], y=ends[:, 1], mode="lines", showlegend=False,
+                    line=dict(color="white", width=5, dash="dot"),
+                    hovertemplate=f"straight line, task {segment - 1} to {segment}<extra></extra>"),
+                    row=row, col=col)
+        fig.update_xaxes(title_text="u (toward task 1's model)", row=2, col=col)
+        for row in (1, 2):
+            fig.update_yaxes(title_text="v (toward the end)", row=row, col=col)
+    for i in range(1, 2 * len(labels) + 1):  # one unit is as long on both axes: true angles
+        suffix = "" if i == 1 else str(i)
+        fig.layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", scaleratio=1)
+        fig.layout[f"xaxis{suffix}"].update(constrain="domain")
+    fig.update_layout(title="Each run's path across tasks on a plane through its start, task 1's "
+                            "model and its end", template="plotly_white",
+                      height=760, margin=dict(t=90))
     return fig
 
 

@@ -10,11 +10,12 @@ The backbone stays frozen. Three parts:
   `prepare_task` before the prompts train. The frozen, unprompted ViT's pre-logits class token
   (`query.query_features`, the second pass every prompt method pays) goes through a residual MLP
   (`ResidualMlp`: d -> 2d -> d, GELU, plus its input, LayerNorm) and a linear head over every
-  class seen. Per task: `hide_tii_epochs` epochs of Adam (`TrainConfig.hide_rates`) on the
+  class seen. Per task: the stage's epochs (`TrainConfig.hide_stages`, below) of Adam
+  (`TrainConfig.hide_rates`) on the
   cross-entropy of the current task's logits, gradient norm clipped at `grad_clip`; then each new
   class's frozen features are summarised by k-means (`hide_centroids` clusters, `kmeans`) as the
   mean and the diagonal variance of every cluster (`ClassStatistics`); from the second task on,
-  classifier alignment (`_align`): `hide_ca_epochs` epochs of SGD (momentum 0.9, cosine; rate
+  classifier alignment (`_align`): its epochs of SGD (momentum 0.9, cosine; rate
   `hide_ca_lr`, default lr / 6, released 0.005 x 24 / 256 to the prompts' 0.03 x 24 / 256) on
   the MLP and every seen class's row, on Gaussian features N(mean, diag(var) + 1e-4) drawn from the
   centroids of every class seen; an epoch is one step per class of the earlier tasks, with
@@ -36,6 +37,21 @@ The backbone stays frozen. Three parts:
   (all seen rows; `5 x batch_size` features a step, as released) at its own rate `hide_tap_lr`
   (default lr x 16 / 9: the released stage 2 aligns at ca_lr 0.005 unscaled by the batch, to
   the prompts' 0.0028125).
+
+Budget (`TrainConfig.hide_budget`, issue 21). Every method makes `epochs` passes over each task's
+images. With 'equal' (the default) HiDe-Prompt's two image stages share them in the released
+ImageNet-R script's ratio, 20 task-identity epochs to 150 prompt epochs, with at least one
+epoch each: identity = max(1, round(epochs x 20 / 170)), prompts = epochs - identity (4 epochs:
+1 + 3; `epochs` must be at least 2). The classifier alignments train on sampled features, not
+images, and keep the released 30 epochs in proportion to the stage they follow: round(identity x
+30 / 20) after the identity stage and round(prompts x 30 / 150) after the prompts, at least one
+each (4 epochs: 2 and 1). With 'released' the stages are the released ones, `hide_tii_epochs`
+(20) and `hide_ca_epochs` (30, both alignments), beside the loop's `epochs` for the prompts: an
+extra budget (at 4 epochs, five times the passes over the images of every other method), kept
+as an option and labelled as such in the tables. `optimiser_steps` counts a task's steps per
+stage (`scripts/hide_budget.py` prints them per benchmark). Forward-only passes (the frozen
+features before the identity stage, the prompted features for the statistics) are not counted
+as training passes.
 
 Inference: the query pass, the MLP and the TII head give each image's class and so its task;
 that task's prompt in the prompted pass; the final head's argmax over every class seen. Two ViT
@@ -88,13 +104,27 @@ from .prefix import run_blocks
 from .prompt_tokens import embed
 from .query import query_features
 
-__all__ = ["HiDePrompt", "ResidualMlp", "ClassStatistics", "kmeans", "PROMPT_LAYERS"]
+__all__ = ["HiDePrompt", "ResidualMlp", "ClassStatistics", "kmeans", "PROMPT_LAYERS",
+           "optimiser_steps"]
 
 PROMPT_LAYERS = (0, 1, 2, 3, 4)  # blocks given the task prompt (released e_prompt_layer_idx)
 TEMPERATURE = 0.8  # of the contrastive term's similarity matrix
 VARIANCE_FLOOR = 1e-4  # added to every sampled variance
 ALIGN_MOMENTUM = 0.9  # SGD momentum of the classifier alignments
 TAP_BATCH_FACTOR = 5  # TAP alignment batch = 5 x batch_size; TII's = batch_size
+
+
+def optimiser_steps(config, images: int, classes_per_task: int, task: int) -> dict[str, int]:
+    """The optimiser steps of each stage of 0-based `task` (`images` training images, every task
+    `classes_per_task` classes) under `config` (`TrainConfig.hide_stages`): the identity stage
+    and the prompts step once per batch of images, an alignment once per earlier class an
+    epoch (none on the first task)."""
+    stages = config.hide_stages()
+    batches = -(-images // config.batch_size)
+    earlier = classes_per_task * task
+    return dict(identity=stages["identity"] * batches, prompts=stages["prompts"] * batches,
+                identity_alignment=stages["identity_alignment"] * earlier,
+                final_alignment=stages["final_alignment"] * earlier)
 
 
 def kmeans(points: torch.Tensor, k: int, generator: torch.Generator,
@@ -370,7 +400,7 @@ class HiDePrompt(ContinualMethod):
         with self._stage(params):
             optimiser = torch.optim.Adam(params, lr=tii_lr,
                                          weight_decay=self.config.weight_decay)
-            for _ in range(self.config.hide_tii_epochs):
+            for _ in range(self.config.hide_stages()["identity"]):
                 order = torch.randperm(len(features), generator=self._generator)
                 order = order.to(features.device)
                 total = 0.0
@@ -389,14 +419,15 @@ class HiDePrompt(ContinualMethod):
         self.tii_stats.fit(features, labels, classes, self._generator)
         steps = self._align(self.tii_stats, lambda f: self.tii_head(self.tii_mlp(f)),
                             list(self.tii_mlp.parameters()) + list(self.tii_head.parameters()),
-                            self.config.batch_size, tii_ca_lr)
+                            self.config.batch_size, tii_ca_lr,
+                            self.config.hide_stages()["identity_alignment"])
         return dict(loss=round(losses[-1], 6), aligned_steps=steps)
 
     def _align(self, stats: ClassStatistics, logits: Callable[[torch.Tensor], torch.Tensor],
-               params: list[nn.Parameter], batch: int, lr: float) -> int:
+               params: list[nn.Parameter], batch: int, lr: float, epochs: int) -> int:
         """Classifier alignment on features sampled from `stats` of every class seen (from the
-        second task on): SGD at `lr`, momentum 0.9, cosine over the epochs; an epoch is one step
-        per class of the earlier tasks. Returns the steps taken."""
+        second task on): `epochs` epochs of SGD at `lr`, momentum 0.9, cosine over the epochs;
+        an epoch is one step per class of the earlier tasks. Returns the steps taken."""
         if self.task == 0:
             return 0
         seen, earlier = self.head.num_classes, self.class_offset(self.task)
@@ -407,9 +438,8 @@ class HiDePrompt(ContinualMethod):
         with self._stage(params):
             optimiser = torch.optim.SGD(params, lr=lr, momentum=ALIGN_MOMENTUM,
                                         weight_decay=0.0)
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimiser, self.config.hide_ca_epochs)
-            for _ in range(self.config.hide_ca_epochs):
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, epochs)
+            for _ in range(epochs):
                 for _ in range(earlier):
                     x, y = stats.sample(batch, eligible, self._generator)
                     loss = F.cross_entropy(logits(x), y)
@@ -447,7 +477,8 @@ class HiDePrompt(ContinualMethod):
                                self._generator)
             steps = self._align(self.wtp_stats, self.head, list(self.head.parameters()),
                                 TAP_BATCH_FACTOR * self.config.batch_size,
-                                self.config.hide_rates()[2])
+                                self.config.hide_rates()[2],
+                                self.config.hide_stages()["final_alignment"])
             info["tap"] = dict(aligned_steps=steps)
             self._batches = None
         for layer in self.head.tasks:

@@ -1,0 +1,167 @@
+"""The stability-plasticity trade-off as numbers: what each task learned, what it kept, and the
+sweeps that trace each method's curve (``results/tradeoff_<benchmark>.json``).
+
+Definitions (R[i][t]: accuracy in percent on task t's test data after task i, over every class
+seen then; tasks numbered from 1; N = the last finished task, or the task chosen by `after`):
+
+* learning accuracy of task t = R[t][t], right after it was learned (plasticity);
+* final accuracy = R[N][t];
+* forgetting = max over i < N of R[i][t] - R[N][t] (NaN for t = N: nothing after it yet);
+* retention = R[N][t] / max over i <= N of R[i][t] (1 = kept all it ever had);
+* the run's point: plasticity = mean learning accuracy over t <= N, forgetting = mean forgetting
+  over t < N (instability; `sdlora.metrics.summarise`'s forgetting; 0 when N = 1).
+
+No torch: cheap to import.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import summarise
+from ..runs import RunFolder
+from ..tables import mean_se
+
+__all__ = ["stability_plasticity", "task_tradeoff", "tradeoff_point", "tradeoff_points",
+           "SweepError", "load_sweep", "sweep_points", "frontier", "dominance", "KNOBS"]
+
+COLUMNS = ["task", "learning_accuracy", "final_accuracy", "forgetting", "retention"]
+KNOBS = {"lr": "learning rate", "epochs": "epochs per task"}
+
+
+def task_tradeoff(matrix: list[list[float]], after: int | None = None) -> pd.DataFrame:
+    """The per-task table of a lower-triangular accuracy matrix R, as the model after task
+    `after` (1-based; default the last row) sees it."""
+    n = len(matrix) if after is None else after
+    if not 1 <= n <= len(matrix):
+        raise ValueError(f"after task {after}: the matrix has {len(matrix)} finished tasks "
+                         f"(give 1..{len(matrix)})")
+    R = matrix[:n]
+    rows = []
+    for t in range(n):
+        column = [R[i][t] for i in range(t, n)]
+        final = R[n - 1][t]
+        forgetting = max(column[:-1]) - final if t < n - 1 else math.nan
+        best = max(column)
+        rows.append(dict(task=t + 1, learning_accuracy=R[t][t], final_accuracy=final,
+                         forgetting=forgetting,
+                         retention=final / best if best > 0 else math.nan))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def stability_plasticity(run: RunFolder | str | Path, after: int | None = None) -> pd.DataFrame:
+    """One row per finished task of `run` (a run folder or its path): task, learning_accuracy,
+    final_accuracy, forgetting, retention (module docstring)."""
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
+    return task_tradeoff(run.metrics()["accuracy_matrix"], after)
+
+
+def tradeoff_point(matrix: list[list[float]], after: int | None = None) -> dict:
+    """The run's point in the plane: plasticity (mean learning accuracy) and forgetting (mean
+    over t < N, 0 when N = 1), with N, the task it was taken after."""
+    n = len(matrix) if after is None else after
+    if not 1 <= n <= len(matrix):
+        raise ValueError(f"after task {after}: the matrix has {len(matrix)} finished tasks "
+                         f"(give 1..{len(matrix)})")
+    return dict(plasticity=float(np.mean([matrix[t][t] for t in range(n)])),
+                forgetting=summarise(matrix[:n], [1] * n)["forgetting"], after=n)
+
+
+def tradeoff_points(matrices: dict[str, list[list[float]]]) -> pd.DataFrame:
+    """Every run's point after every one of its tasks: columns key, after, plasticity,
+    forgetting (what a page filters by its "after task" control)."""
+    rows = [dict(key=key, **tradeoff_point(matrix, after))
+            for key, matrix in matrices.items() for after in range(1, len(matrix) + 1)]
+    return pd.DataFrame(rows, columns=["key", "plasticity", "forgetting", "after"])
+
+
+# -- sweeps (results/tradeoff_<benchmark>.json, written by scripts/make_tradeoff.py) ------------
+class SweepError(ValueError):
+    """A sweep file that cannot be read (names the file and what is wrong)."""
+
+
+def load_sweep(path: str | Path) -> dict:
+    """Read a sweep file; a missing or damaged one raises SweepError saying how to remake it."""
+    path = Path(path)
+    remake = "remake it with `python scripts/make_tradeoff.py`"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SweepError(f"{path} does not exist; {remake}") from None
+    except (OSError, ValueError) as e:
+        raise SweepError(f"{path} is not readable JSON ({e}); {remake}") from None
+    sweeps = data.get("sweeps") if isinstance(data, dict) else None
+    if not isinstance(sweeps, dict):
+        raise SweepError(f"{path} has no 'sweeps' object; {remake}")
+    for knob, methods in sweeps.items():
+        if knob not in KNOBS or not isinstance(methods, dict):
+            raise SweepError(f"{path}: sweep {knob!r} is not one of {sorted(KNOBS)} with a "
+                             f"method -> value -> seed table; {remake}")
+        for method, values in methods.items():
+            for value, seeds in values.items() if isinstance(values, dict) else [("?", None)]:
+                entries = seeds.values() if isinstance(seeds, dict) else [None]
+                if not _is_number(value) or not all(map(_is_number, seeds or ["?"])) or not all(
+                        isinstance(e, dict) and _is_matrix(e.get("accuracy_matrix"))
+                        for e in entries):
+                    raise SweepError(f"{path}: {knob} sweep of {method} at {value}: expected a "
+                                     f"numeric value -> seed -> {{accuracy_matrix, settings}}; "
+                                     f"{remake}")
+    return data
+
+
+def _is_number(text) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_matrix(matrix) -> bool:
+    return (isinstance(matrix, list) and len(matrix) > 0
+            and all(isinstance(row, list) and len(row) == i + 1
+                    and all(isinstance(v, (int, float)) for v in row)
+                    for i, row in enumerate(matrix)))
+
+
+def sweep_points(data: dict) -> pd.DataFrame:
+    """Every run of a sweep file after every one of its tasks: knob, method, value (float),
+    seed, run, after, plasticity, forgetting."""
+    rows = []
+    for knob, methods in data["sweeps"].items():
+        for method, values in methods.items():
+            for value, seeds in values.items():
+                for seed, entry in seeds.items():
+                    for after in range(1, len(entry["accuracy_matrix"]) + 1):
+                        rows.append(dict(knob=knob, method=method, value=float(value),
+                                         seed=int(seed), run=entry.get("run", ""),
+                                         **tradeoff_point(entry["accuracy_matrix"], after)))
+    return pd.DataFrame(rows, columns=["knob", "method", "value", "seed", "run", "after",
+                                       "plasticity", "forgetting"])
+
+
+def frontier(points: pd.DataFrame, knob: str, after: int) -> pd.DataFrame:
+    """Mean and standard error over seeds of each method's point at each value of `knob`,
+    after task `after` (runs with fewer tasks left out): method, value, plasticity,
+    plasticity_se, forgetting, forgetting_se, seeds (how many), in order of the value."""
+    chosen = points[(points["knob"] == knob) & (points["after"] == after)]
+    rows = []
+    for (method, value), group in chosen.groupby(["method", "value"], sort=True):
+        p, p_se = mean_se(group["plasticity"].tolist())
+        f, f_se = mean_se(group["forgetting"].tolist())
+        rows.append(dict(method=method, value=value, plasticity=p, plasticity_se=p_se,
+                         forgetting=f, forgetting_se=f_se, seeds=len(group)))
+    return pd.DataFrame(rows, columns=["method", "value", "plasticity", "plasticity_se",
+                                       "forgetting", "forgetting_se", "seeds"])
+
+
+def dominance(curve: pd.DataFrame, other: pd.DataFrame) -> dict:
+    """How many of `other`'s points (rows with plasticity and forgetting) some point of `curve`
+    dominates: at least as plastic and at most as forgetful, better in one (means only)."""
+    a = curve[["plasticity", "forgetting"]].to_numpy()
+    beaten = [bool(np.any((a[:, 0] >= p) & (a[:, 1] <= f) & ((a[:, 0] > p) | (a[:, 1] < f))))
+              for p, f in other[["plasticity", "forgetting"]].to_numpy()]
+    return dict(dominated=int(sum(beaten)), of=len(beaten))

@@ -1,0 +1,194 @@
+"""The stability-plasticity measures (issue 20), scripts/make_tradeoff.py's collection, and the
+Trade-off page."""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdlora.analysis.tradeoff import (SweepError, frontier, load_sweep, stability_plasticity,
+                                      sweep_points, tradeoff_point)
+from sdlora.config import TrainConfig
+from tests.fake_train import finished_run
+
+REPO = Path(__file__).resolve().parent.parent
+# R[i][t]: task 1 rises after task 2 (70 > 50), then falls; task 3 learned poorly
+R = [[50.0], [70.0, 80.0], [60.0, 72.0, 30.0]]
+
+
+def test_stability_plasticity_by_hand(tmp_path):
+    run = finished_run(tmp_path / "run", TrainConfig(tasks=3), R)
+    frame = stability_plasticity(str(run.path))
+    assert frame.columns.tolist() == ["task", "learning_accuracy", "final_accuracy",
+                                      "forgetting", "retention"]
+    assert frame["task"].tolist() == [1, 2, 3]
+    assert frame["learning_accuracy"].tolist() == [50.0, 80.0, 30.0]  # the diagonal
+    assert frame["final_accuracy"].tolist() == [60.0, 72.0, 30.0]  # the last row
+    # task 1: best before the last task 70 (after task 2, not when learned), now 60 -> 10;
+    # task 2: 80 -> 72 = 8; task 3 is the last: nothing after it
+    assert frame["forgetting"].tolist()[:2] == [10.0, 8.0]
+    assert math.isnan(frame["forgetting"].iloc[2])
+    assert frame["retention"].tolist() == pytest.approx([60 / 70, 72 / 80, 1.0])
+    # the run's point: mean of 50, 80, 30 and mean of 10, 8
+    assert tradeoff_point(R) == pytest.approx(dict(plasticity=160 / 3, forgetting=9.0, after=3))
+    # after task 2: task 1 went from 50 to 70, negative forgetting (backward transfer)
+    early = stability_plasticity(run, after=2)
+    assert early["forgetting"].iloc[0] == -20.0 and early["retention"].iloc[0] == 1.0
+    assert tradeoff_point(R, 2) == pytest.approx(dict(plasticity=65.0, forgetting=-20.0,
+                                                      after=2))
+    assert tradeoff_point(R, 1)["forgetting"] == 0.0  # nothing to forget yet
+    with pytest.raises(ValueError, match="after task 4.*give 1..3"):
+        stability_plasticity(run, after=4)
+
+
+@pytest.fixture(scope="module")
+def make_tradeoff():
+    spec = importlib.util.spec_from_file_location("make_tradeoff",
+                                                  REPO / "scripts" / "make_tradeoff.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_tradeoff"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_collection_reuses_finished_runs_and_lists_missing(make_tradeoff, tmp_path, monkeypatch):
+    root, out = tmp_path / "glyphs40", tmp_path / "tradeoff.json"
+    five = [[float(10 * i + j) for j in range(i + 1)] for i in range(5)]  # the default 5 tasks
+    # the results table's run (same name: counted as the sweep's point on both sweeps),
+    # an epochs-sweep run, and an interrupted run (missing, not trained with --no-train)
+    finished_run(root / "sd-lora-lr0.002-s0", TrainConfig(method="sd-lora", lr=0.002), five)
+    finished_run(root / "lora-e8-lr0.002-s0", TrainConfig(method="lora", lr=0.002, epochs=8),
+                 five[:4] + [[1.0] * 5])
+    finished_run(root / "lora-lr0.03-s0", TrainConfig(method="lora", lr=0.03), five[:2], tasks=5)
+    monkeypatch.setattr(sys, "argv", ["make_tradeoff.py", "--no-train", "--seeds", "0",
+                                      "--root", str(root), "--json", str(out)])
+    make_tradeoff.main()
+    data = load_sweep(out)
+    assert data["partial"] is True
+    sweeps = data["sweeps"]
+    assert sweeps["lr"]["sd-lora"]["0.002"]["0"]["accuracy_matrix"] == five
+    assert sweeps["epochs"]["sd-lora"]["4"]["0"]["run"] == "sd-lora-lr0.002-s0"
+    assert sweeps["epochs"]["lora"]["8"]["0"]["settings"]["epochs"] == 8
+    assert "lora-lr0.03-s0" in data["missing"] and "lora-lr0.03" not in json.dumps(sweeps)
+    assert "inflora-lr0.0005-s0" in data["missing"] and "full-ft-lr1e-05-s0" in data["missing"]
+    assert "lora-e1-lr0.002-s0" in data["missing"]
+    assert not any(n.startswith("sd-lora-lr0.002") for n in data["missing"])
+    # the learning-rate grid: tuning's grid with its extension step below it
+    assert list(sweeps) == ["lr", "epochs"]
+    points = sweep_points(data)
+    line = frontier(points, "epochs", after=5)
+    assert line.set_index("method")["value"].to_dict() == {"lora": 8.0, "sd-lora": 4.0}
+    assert line.set_index("method")["forgetting"]["lora"] == pytest.approx(30.5)  # 29..32
+    # a folder of that name made with other settings is never counted
+    finished_run(root / "frozen-lr0.008-s0", TrainConfig(method="frozen", lr=0.008, rank=4), five)
+    with pytest.raises(SystemExit, match="other settings"):
+        make_tradeoff.main()
+
+
+def test_grid_and_damaged_sweep_files(make_tradeoff, tmp_path):
+    assert make_tradeoff.lr_grid(TrainConfig(method="lora")) == [0.0005, 0.002, 0.008, 0.03]
+    assert make_tradeoff.lr_grid(TrainConfig(method="full-ft")) == [1e-5, 1e-4, 1e-3]
+    bad = tmp_path / "bad.json"
+    for text, what in [("{", "not readable JSON"), ("[]", "no 'sweeps'"),
+                       ('{"sweeps": {"lr": {"lora": {"x": {}}}}}', "numeric value"),
+                       ('{"sweeps": {"speed": {}}}', "not one of"),
+                       ('{"sweeps": {"lr": {"lora": {"0.1": {"0": {"accuracy_matrix": [[1, 2]]'
+                        '}}}}}}', "accuracy_matrix")]:
+        bad.write_text(text)
+        with pytest.raises(SweepError, match=what):
+            load_sweep(bad)
+    with pytest.raises(SweepError, match="does not exist.*make_tradeoff"):
+        load_sweep(tmp_path / "none.json")
+
+
+# -- the page ------------------------------------------------------------------------------------
+def _page(monkeypatch, tmp_path, sweep_text=None, query=None):
+    """The Trade-off page over the repo's demo runs (linked, read-only), with the repo's sweep
+    file, or with `sweep_text` as the sweep file ('' : none at all)."""
+    from streamlit.testing.v1 import AppTest
+
+    cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)
+    (cache / "demo").symlink_to(REPO / "cache" / "demo")
+    monkeypatch.setenv("SDLORA_CACHE", str(cache))
+    if sweep_text is not None:
+        results = tmp_path / "results"
+        results.mkdir()
+        if sweep_text:
+            (results / "tradeoff_glyphs40.json").write_text(sweep_text)
+        monkeypatch.setenv("SDLORA_RESULTS", str(results))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    at.switch_page("pages/tradeoff.py")  # the link opens the page itself (its options are
+    at.run()                             # not the Overview's, which would drop them)
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def test_page_plane_moves_with_the_task_and_shows_the_chosen_run(monkeypatch, tmp_path):
+    at = _page(monkeypatch, tmp_path)
+    assert len(at.get("plotly_chart")) == 2 and not at.error
+    assert at.slider(key="tradeoff_after").value == 5  # the demo runs' last task
+    at.slider(key="tradeoff_after").set_value(2).run()
+    assert "after task 2" in at.get("plotly_chart")[0].proto.spec
+    lora_s1 = str(tmp_path / "cache" / "demo" / "lora-s1")
+    at.selectbox(key="tradeoff_run").set_value(lora_s1).run()
+    assert "lora-s1: learned vs kept" in at.get("plotly_chart")[1].proto.spec
+    at.toggle(key="tradeoff_grouped").set_value(True).run()
+    assert "(3 runs)" in at.get("plotly_chart")[0].proto.spec  # lora's 3 seeds, one point
+    at.button(key="tradeoff-open").click().run()
+    assert not at.exception
+    assert at.session_state["selected_run"] == lora_s1
+    assert any(t.value == "Accuracy" for t in at.title)  # on the Accuracy page
+
+
+def test_page_frontiers_and_lesson_from_the_shipped_sweep(monkeypatch, tmp_path):
+    at = _page(monkeypatch, tmp_path, query=dict(view="Frontiers", knob="epochs"))
+    assert at.radio(key="tradeoff_knob").value == "epochs"
+    assert len(at.get("plotly_chart")) == 1 and not at.error
+    data = load_sweep(REPO / "results" / "tradeoff_glyphs40.json")
+    if data["missing"]:
+        assert any(f"{len(data['missing'])} runs of the sweep" in e.label for e in at.expander)
+    at.radio(key="tradeoff_knob").set_value("lr").run()
+    at.session_state["tradeoff_view"] = "Lesson"
+    at.run()
+    question = at.radio(key="tradeoff_answer_1")
+    assert question.value is None and not at.get("plotly_chart")  # nothing shown before a guess
+    question.set_value("SD-LoRA").run()
+    verdict = [s.value for s in at.success] + [w.value for w in at.warning]
+    assert len(verdict) == 1 and len(at.get("plotly_chart")) == 1
+    for step in range(2, 7):
+        at.button(key="tradeoff-next").click().run()
+        radio = at.radio(key=f"tradeoff_answer_{step}")
+        radio.set_value(radio.options[0]).run()
+        assert not at.exception and not at.error
+    at.session_state["tradeoff_view"] = "Frontiers"  # the frontiers' choice was kept
+    at.run()
+    assert at.radio(key="tradeoff_knob").value == "lr"
+    at.session_state["tradeoff_view"] = "Lesson"
+    at.run()
+    assert at.radio(key="tradeoff_answer_6").value is not None  # and the answer given
+    at.button(key="lesson-train").click().run()  # the last step: to the Train page, filled in
+    assert any(t.value == "Train" for t in at.title) and not at.exception
+    assert any("Settings from the Trade-off lesson: lora and sd-lora" in i.value for i in at.info)
+    assert at.number_input[2].value == at.session_state["train_suggestion"]["lr"]
+
+
+@pytest.mark.parametrize("text, said", [("", "does not exist"), ("{", "not readable JSON")])
+def test_page_without_or_with_a_damaged_sweep_file(monkeypatch, tmp_path, text, said):
+    at = _page(monkeypatch, tmp_path, sweep_text=text,
+               query=dict(view="Frontiers", after="seven"))
+    assert any(said in i.value for i in at.info), [i.value for i in at.info]
+    # the link's `after` belongs to the Plane view, not shown: dropped from the link, said once
+    assert any("`after=seven` is not a choice in this view" in c.value for c in at.caption)
+    at.session_state["tradeoff_view"] = "Lesson"
+    at.session_state["tradeoff_step"] = 4
+    at.run()
+    at.radio(key="tradeoff_answer_4").set_value("they are kept better").run()
+    assert any("needs vanilla LoRA's learning-rate sweep" in i.value for i in at.info)
+    at.session_state["tradeoff_view"] = "Plane"
+    at.run()
+    assert not at.exception and len(at.get("plotly_chart")) == 2  # the runs' plane still draws
