@@ -4,7 +4,8 @@ The menu is st.navigation's, at the top: it is drawn with the first message of a
 Streamlit's own sidebar menu, which on a fresh server would first list the pages/ folder's file
 names, is switched off in .streamlit/config.toml. Then the page's title and text (pages import
 torch only after them); the run picker and the device line (which imports torch) are drawn
-after the page, into places kept for them in the sidebar.
+after the page, into places kept for them in the sidebar, with the link to the view (ui's
+docstring: every page keeps its choices in the URL).
 """
 import streamlit as st
 
@@ -26,11 +27,14 @@ PAGES = [
 
 page = st.navigation(PAGES, position="top")
 with st.sidebar:
-    picker, device = st.container(), st.empty()
+    picker, link, device = st.container(), st.container(), st.empty()
+ui.begin_view()  # the choices a link brings (every page keeps its choices in the URL)
 try:
     page.run()
 finally:
     with picker:
         ui.run_picker()
+    with link:
+        ui.end_view()
     with device:
         ui.device_status()

@@ -52,8 +52,9 @@ def body() -> None:
     default = list(finished)[:4]
     # ... and the upper bound, drawn as a dashed level, when there is one
     default += [p for p, m in finished.items() if m["method"] == "joint" and p not in default][:1]
-    chosen = st.multiselect("Runs to overlay", paths, default=default, format_func=ui.label,
-                            key=ui.COMPARE_RUNS)
+    chosen = ui.url_control(st.multiselect, "Runs to overlay", name="runs", many=True,
+                            options=paths, default=default, fmt=ui.run_token,
+                            format_func=ui.label, key=ui.COMPARE_RUNS)
     if not chosen:
         st.caption("Choose runs to overlay.")
         return

@@ -104,9 +104,10 @@ def distances(run) -> None:
             scope: relative_distances(d).tolist() for scope, d in
             task_specific_weights(config, epochs=2, progress=bar.progress).items()})
         bar.empty()
-        scope = st.radio("Weights", ["all", "qv"], horizontal=True,
-                         format_func=lambda s: {"all": "every weight matrix",
-                                                "qv": "query and value only"}[s])
+        scope = ui.url_control(st.radio, "Weights", name="weights", default="all",
+                               options=["all", "qv"], horizontal=True,
+                               format_func=lambda s: {"all": "every weight matrix",
+                                                      "qv": "query and value only"}[s])
 
         matrix = np.array(value[scope])
         ui.show(figures.distance_heatmap(matrix, f"Relative distances ({scope})"),

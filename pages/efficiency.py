@@ -87,7 +87,8 @@ def per_run() -> None:
         ui.no_runs_message()
         return
     damaged = ui.damaged_runs()  # offered too: a chosen one is a row saying what is wrong
-    chosen = st.multiselect("Runs", paths + list(damaged), default=paths[:3],
+    chosen = ui.url_control(st.multiselect, "Runs", name="runs", many=True,
+                            options=paths + list(damaged), default=paths[:3], fmt=ui.run_token,
                             format_func=ui.label)
     rows, costs = [], []
     for p in chosen:

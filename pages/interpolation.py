@@ -40,16 +40,20 @@ def body() -> None:
             return
     default = ([next(p for p in paths if methods[p] == "lora")] if "lora" in methods.values() else []) + \
               ([next(p for p in paths if methods[p] == "sd-lora")] if "sd-lora" in methods.values() else [])
-    chosen = st.multiselect("Runs (side by side)", paths, default=default or paths[:1],
-                            format_func=lambda p: f"{ui.label(p)}")
+    chosen = ui.url_control(st.multiselect, "Runs (side by side)", name="runs", many=True,
+                            options=paths, default=default or paths[:1], fmt=ui.run_token,
+                            format_func=ui.label)
     if not chosen:
         st.caption("Choose at least one run.")
         return
     most = min(RunFolder(p).completed_tasks() for p in chosen)
     c1, c2 = st.columns(2)
-    task = c1.slider("Task boundary t (from t−1 to t)", 2, most, 2) if most > 2 else 2
-    points = c2.slider("Points on the line", 3, 21, INTERPOLATION_POINTS, step=2,
-                       help="Each point is one pass over the test data of the tasks so far.")
+    task = ui.url_control(c1.slider, "Task boundary t (from t−1 to t)", name="task",
+                          default=2, min_value=2, max_value=most) if most > 2 else 2
+    points = ui.url_control(c2.slider, "Points on the line", name="points",
+                            default=INTERPOLATION_POINTS, min_value=3, max_value=21, step=2,
+                            help="Each point is one pass over the test data of the tasks "
+                                 "so far.")
     panels = {}
     for p in chosen:
         run = RunFolder(p)

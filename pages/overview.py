@@ -71,7 +71,10 @@ tables = sorted(results_dir().glob("table_*.json"),
 if not tables:
     st.info("No measured table yet: `python scripts/results_table.py` trains every method on "
             f"the default benchmark and writes results/{DEFAULT_TABLE}.json.")
-for path, tab in zip(tables, st.tabs([p.stem.removeprefix("table_") for p in tables])):
+labels = [p.stem.removeprefix("table_") for p in tables]
+tabs = ui.url_control(st.tabs, labels, name="table", default=labels[0],
+                      parse=ui.one_of(labels), on_change="rerun", hideable=False) if tables else []
+for path, tab in zip(tables, tabs):
     with tab:
         try:
             data = load_table(path)

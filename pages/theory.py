@@ -22,13 +22,18 @@ dynamics = st.cache_data(show_spinner=False, max_entries=32)(matrix_factorisatio
 landscape = st.cache_data(show_spinner=False, max_entries=32)(toy_landscape)
 
 c1, c2, c3 = st.columns(3)
-m = c1.slider("m (rows)", 5, 60, 30)
-n = c1.slider("n (columns)", 5, 60, 30)
-r = c2.slider("rank r of A B", 1, 8, 4)
-top = c2.slider("sigma_1 of the target", 1.0, 8.0, 4.0)
-ratio = c3.slider("ratio between consecutive singular values", 0.2, 0.9, 0.5)
-rho = c3.select_slider("initial scale rho", [1e-6, 1e-4, 1e-3, 1e-2, 1e-1], value=1e-3)
-eta = st.slider("learning rate eta", 0.005, 0.2, 0.05, format="%.3f")
+m = ui.url_control(c1.slider, "m (rows)", name="m", default=30, min_value=5, max_value=60)
+n = ui.url_control(c1.slider, "n (columns)", name="n", default=30, min_value=5,
+                   max_value=60)
+r = ui.url_control(c2.slider, "rank r of A B", name="r", default=4, min_value=1, max_value=8)
+top = ui.url_control(c2.slider, "sigma_1 of the target", name="sigma1", default=4.0,
+                     min_value=1.0, max_value=8.0)
+ratio = ui.url_control(c3.slider, "ratio between consecutive singular values", name="ratio",
+                       default=0.5, min_value=0.2, max_value=0.9)
+rho = ui.url_control(c3.select_slider, "initial scale rho", name="rho", default=1e-3,
+                     options=[1e-6, 1e-4, 1e-3, 1e-2, 1e-1])
+eta = ui.url_control(st.slider, "learning rate eta", name="eta", default=0.05, min_value=0.005,
+                     max_value=0.2, format="%.3f")
 spectrum = tuple(top * ratio ** k for k in range(min(4, m, n)))
 try:
     result = dynamics(m, n, r, spectrum, rho, eta, iterations=1500)
@@ -47,12 +52,18 @@ st.markdown(
     "train on task 1, then on task 2 only. Watch where each path ends: on task 2's valley "
     "only, or where the valleys cross. " + ui.paper_link("Fig. 4a") + ".")
 c1, c2, c3 = st.columns(3)
-angle1 = c1.slider("Task 1 valley angle", 0, 180, 17)
-angle2 = c1.slider("Task 2 valley angle", 0, 180, 104)
-kappa = c2.select_slider("valley floor curvature", [0.001, 0.01, 0.02, 0.05, 0.2, 1.0], value=0.01)
-steps = c2.slider("gradient steps per task", 20, 600, 200, step=20)
-seed = c3.slider("initialisation seed", 0, 9, 0)
-which = c3.radio("Landscape", ["sum", "task 1", "task 2"], horizontal=True)
+angle1 = ui.url_control(c1.slider, "Task 1 valley angle", name="angle1", default=17,
+                        min_value=0, max_value=180)
+angle2 = ui.url_control(c1.slider, "Task 2 valley angle", name="angle2", default=104,
+                        min_value=0, max_value=180)
+kappa = ui.url_control(c2.select_slider, "valley floor curvature", name="kappa", default=0.01,
+                       options=[0.001, 0.01, 0.02, 0.05, 0.2, 1.0])
+steps = ui.url_control(c2.slider, "gradient steps per task", name="steps", default=200,
+                       min_value=20, max_value=600, step=20)
+seed = ui.url_control(c3.slider, "initialisation seed", name="seed", default=0, min_value=0,
+                      max_value=9)
+which = ui.url_control(c3.radio, "Landscape", name="landscape", default="sum",
+                       options=["sum", "task 1", "task 2"], horizontal=True)
 st.caption("The default geometry was chosen to show the effect; try other seeds and angles: "
            "in a toy this small SD-LoRA does not always end on both valleys.")
 try:

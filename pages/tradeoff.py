@@ -51,21 +51,18 @@ REFERENCE = figures.REFERENCE_METHODS
 
 def initial(key: str, parse, default, choices=None):
     """A control's first value: the URL's query parameter (the key without `tradeoff_`), else
-    `default`; a bad value falls back to the default with a one-line note."""
-    if key in st.session_state:
-        return
-    name = key.removeprefix("tradeoff_")
-    text = st.query_params.get(name)
-    value = default
-    if text is not None:
+    `default`; a bad value falls back to the default with a one-line note (`ui.url_value`,
+    which also keeps the parameter in the page's link)."""
+    def checked(text: str):
         try:
             value = parse(text)
-            if choices is not None and value not in choices:
-                raise ValueError
         except ValueError:
-            value = default
-            st.caption(f"The link's {name}={text!r} is not valid here; showing {default!r}.")
-    st.session_state[key] = value
+            raise ValueError("is not valid here") from None
+        if choices is not None and value not in choices:
+            raise ValueError("is not one of " + ", ".join(map(str, list(choices)[:8])))
+        return value
+
+    ui.url_value(key.removeprefix("tradeoff_"), default, checked, key=key)
 
 
 def _flag(text: str) -> bool:

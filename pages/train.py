@@ -38,18 +38,22 @@ if lesson_settings:
               on_click=lambda: st.session_state.pop(ui.TRAIN_SUGGESTION, None))
 # Preset and benchmark outside the form: the data folder (and the suggested backbone) follow
 # them as soon as they change, not at the next submit.
-preset = st.selectbox("Preset", ["(none: the settings below)"] + list(PRESETS),
-                      help="One of the paper's experiments (ViT-B/16, its data set, epochs, "
-                           "optimiser), or the embedded benchmark's own: glyphs40-5 (the "
-                           "default) and glyphs80-10 (80 classes, 10 tasks of 8). With a "
-                           "preset only method, seed, device and the data folder below are "
-                           "used.")
+options = ["(none: the settings below)"] + list(PRESETS)
+preset = ui.url_control(
+    st.selectbox, "Preset", name="preset", options=options, default=options[0],
+    fmt=lambda o: "none" if o == options[0] else o,
+    help="One of the paper's experiments (ViT-B/16, its data set, epochs, optimiser), or the "
+         "embedded benchmark's own: glyphs40-5 (the default) and glyphs80-10 (80 classes, 10 "
+         "tasks of 8). With a preset only method, seed, device and the data folder below are "
+         "used.")
 names = benchmark_names()
-benchmark = st.selectbox("Benchmark", names, index=names.index(default.benchmark),
-                         help="glyphs40 (the default): glyph classes in typefaces and styles "
-                              "its foundation model never saw, where adapting the backbone "
-                              "pays. renditions20: Fashion-MNIST and digit renditions, where "
-                              "the frozen features already suffice.")
+benchmark = ui.url_control(
+    st.selectbox, "Benchmark", name="benchmark", options=names, default=default.benchmark,
+    help="glyphs40 (the default): glyph classes in typefaces and styles its foundation model "
+         "never saw, where adapting the backbone pays. renditions20: Fashion-MNIST and digit "
+         "renditions, where the frozen features already suffice.")
+# The lesson's settings start fresh widgets (and "Back to the defaults" fresh ones again).
+lesson = "-lesson" if lesson_settings else ""
 embedded = (preset_config(preset).benchmark if preset in PRESETS else benchmark) in BENCHMARKS
 with st.form("train"):
     c1, c2, c3 = st.columns(3)
@@ -61,26 +65,38 @@ with st.form("train"):
     data_root = "" if embedded else data_root
     # Each embedded benchmark with the foundation model made for it (changeable).
     suggested = BENCHMARK_BACKBONES.get(benchmark, DEFAULT_BACKBONE)
-    backbone = c1.selectbox("Backbone", list(BACKBONES), index=list(BACKBONES).index(suggested),
-                            help="embedded-vit (renditions20's) and glyph-vit (glyphs40's) ship "
-                                 "with the repo; ViT-B/16 needs its weights (hub or local file) "
-                                 "and a GPU.")
-    chosen = c1.multiselect("Method(s)", list(METHODS),
+    # (a key per benchmark: a new benchmark starts at its own backbone, as before)
+    backbone = ui.url_control(
+        c1.selectbox, "Backbone", name="backbone", options=list(BACKBONES), default=suggested,
+        key=f"url-backbone-{benchmark}",
+        help="embedded-vit (renditions20's) and glyph-vit (glyphs40's) ship with the repo; "
+             "ViT-B/16 needs its weights (hub or local file) and a GPU.")
+    chosen = ui.url_control(c1.multiselect, "Method(s)", name="methods", many=True,
+                            options=list(METHODS), key=f"url-methods{lesson}",
                             default=(lesson_settings or {}).get("methods", ["sd-lora"]),
                             help="\n".join(f"{k}: {v}" for k, v in METHODS.items()))
-    tasks = c2.number_input("Tasks", value=default.tasks, step=1)
-    epochs = c2.number_input("Epochs per task", value=default.epochs, step=1)
-    lr = c2.number_input("Learning rate", value=default.lr, format="%.4f", step=0.001)
-    use_tuned = c2.checkbox(
-        "Each method's validation-chosen rate", value=not lesson_settings,
+    tasks = ui.url_control(c2.number_input, "Tasks", name="tasks", default=default.tasks,
+                           parse=ui.number(int, 1), step=1)
+    epochs = ui.url_control(c2.number_input, "Epochs per task", name="epochs",
+                            key=f"url-epochs{lesson}", default=default.epochs,
+                            parse=ui.number(int, 1), step=1)
+    lr = ui.url_control(c2.number_input, "Learning rate", name="lr", key=f"url-lr{lesson}",
+                        default=default.lr, parse=ui.number(float, 0.0), format="%.4f",
+                        step=0.001)
+    use_tuned = ui.url_control(
+        c2.checkbox, "Each method's validation-chosen rate", name="tuned",
+        key=f"url-tuned{lesson}", default=not lesson_settings,
         help="Where scripts/tune_lr.py chose a learning rate for the method on this benchmark "
              "(on a validation split of the training data, results/tuned_lr.json), use it "
              "instead of the number above; the README's tables are trained that way.")
-    rank = c3.number_input("Rank r", value=default.rank, step=1)
-    seed = c3.number_input("Seed", value=lesson_settings["seed"] if lesson_settings else 0,
-                           step=1)
-    device = c3.selectbox("Device", ["cuda", "cpu"] if cuda else ["cpu"],
-                          help="CUDA when a GPU is present, else the CPU.")
+    rank = ui.url_control(c3.number_input, "Rank r", name="rank", default=default.rank,
+                          parse=ui.number(int, 1), step=1)
+    seed = ui.url_control(c3.number_input, "Seed", name="seed", key=f"url-seed{lesson}",
+                          default=lesson_settings["seed"] if lesson_settings else 0,
+                          parse=ui.number(int, 0), step=1)
+    devices = ["cuda", "cpu"] if cuda else ["cpu"]
+    device = ui.url_control(c3.selectbox, "Device", name="device", options=devices,
+                            default=devices[0], help="CUDA when a GPU is present, else the CPU.")
     b1, b2 = st.columns(2)
     queue_selected = b1.form_submit_button("Queue selected method(s)", type="primary")
     compare = b2.form_submit_button("Vanilla LoRA vs SD-LoRA (one click)")
