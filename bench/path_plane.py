@@ -51,18 +51,19 @@ def main() -> int:
         parser.error(f"--run {args.run} is not a run folder (no config.json)")
     import torch
 
-    from sdlora.analysis.plane import PLANE_GRID, PLANE_IMAGES, path_plane
+    from sdlora import argcheck
+    from sdlora.analysis.plane import PLANE_GRID, PLANE_IMAGES, check_plane, path_plane
 
-    grid = args.grid or PLANE_GRID
-    images = args.images or PLANE_IMAGES
+    grid = PLANE_GRID if args.grid is None else args.grid
+    images = PLANE_IMAGES if args.images is None else args.images
+    argcheck.count(parser, grid, "--grid", 3, "points per side")
+    argcheck.count(parser, images, "--images", 1, "test images per task")
+    argcheck.checked(parser, check_plane, args.run, grid=grid, images=images)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores), torch threads: "
           f"{torch.get_num_threads()}, load average before: {load}")
     cpu0, t0 = cpu_seconds(), time.perf_counter()
-    try:
-        result = path_plane(args.run, grid=grid, images=images)
-    except ValueError as err:
-        parser.error(str(err))
+    result = argcheck.checked(parser, path_plane, args.run, grid=grid, images=images)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     evaluations = grid * grid + len(result["path"])
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -76,4 +77,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sdlora.argcheck import quiet_on_closed_pipe
+
+    quiet_on_closed_pipe(main)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sdlora import argcheck  # noqa: E402
 from sdlora.config import HIDE_BUDGETS, TrainConfig  # noqa: E402
 from sdlora.methods.hide_prompt import optimiser_steps  # noqa: E402
 from sdlora.train import load_data, split_for  # noqa: E402
@@ -29,19 +30,20 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=TrainConfig().tasks)
     parser.add_argument("--holdout", default="test", choices=["test", "validation"])
     args = parser.parse_args()
-    base = TrainConfig(benchmark=args.benchmark, method="lora", epochs=args.epochs,
-                       tasks=args.tasks, holdout=args.holdout)
-    bench = load_data(base)
-    split = split_for(base, bench)
+    base = argcheck.config(parser, benchmark=args.benchmark, method="lora", epochs=args.epochs,
+                           tasks=args.tasks, holdout=args.holdout)
+    configs = [argcheck.config(parser, benchmark=args.benchmark, method="hide-prompt",
+                               epochs=args.epochs, tasks=args.tasks, holdout=args.holdout,
+                               hide_budget=budget) for budget in HIDE_BUDGETS]
+    bench = argcheck.checked(parser, load_data, base)  # missing data: one error line
+    split = argcheck.checked(parser, split_for, base, bench)  # a task count that cannot divide
     sizes = [len(split.task_data(bench.train, t)) for t in range(split.num_tasks)]
     classes = split.classes_per_task
     print(f"{args.benchmark}, {split.num_tasks} tasks of {classes} classes, epochs "
           f"{args.epochs}, batch {base.batch_size}, holdout {args.holdout}")
     print("| budget | stages (epochs) | task | images | identity | prompts | identity "
           "alignment | final alignment | all | every other method |\n|" + "---|" * 10)
-    for budget in HIDE_BUDGETS:
-        config = TrainConfig(benchmark=args.benchmark, method="hide-prompt", epochs=args.epochs,
-                             tasks=args.tasks, holdout=args.holdout, hide_budget=budget)
+    for budget, config in zip(HIDE_BUDGETS, configs):
         stages = " / ".join(f"{v}" for v in config.hide_stages().values())
         for task, images in enumerate(sizes):
             steps = optimiser_steps(config, images, classes, task)
@@ -52,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    argcheck.quiet_on_closed_pipe(main)

@@ -32,9 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import results_table  # noqa: E402  (puts the repository on sys.path)
+from sdlora import argcheck  # noqa: E402
 from sdlora.config import METHODS, TrainConfig  # noqa: E402
 from sdlora.runs import REUSE_IGNORED, atomic_write_json  # noqa: E402
-from sdlora.tuning import grid_for, load_tuned, search, tuned_lr  # noqa: E402
+from sdlora.tuning import grid_for, search, tuned_lr  # noqa: E402
 
 REPO = results_table.REPO
 LR_METHODS = ["lora", "sd-lora", "full-ft", "frozen", "inflora", "coda-prompt"]
@@ -83,8 +84,7 @@ def settings_of(config: dict, benchmark: str) -> dict:
 
 def collect(args) -> dict:
     root = Path(args.root)
-    tuned = load_tuned(args.tuned)
-    jobs = sweep_jobs(args.benchmark, tuned, args.seeds)
+    jobs = sweep_jobs(args.benchmark, args.tuned, args.seeds)
     sweeps: dict = {}
     missing: list[str] = []
     trained: dict[str, dict | None] = {}  # run name -> metrics, so a shared run is read once
@@ -132,21 +132,21 @@ def main() -> None:
     parser.add_argument("--json", default=None,
                         help="where to write (default results/tradeoff_<benchmark>.json)")
     args = parser.parse_args()
-    try:
-        TrainConfig(benchmark=args.benchmark)
-    except ValueError as err:
-        parser.error(f"--benchmark {args.benchmark!r}: {err}")
-    try:
-        args.shard, args.shards = (int(x) for x in args.shard.split("/"))
-        assert 0 <= args.shard < args.shards
-    except (ValueError, AssertionError):
-        parser.error(f"--shard {args.shard!r} is not valid; give i/n with 0 <= i < n, e.g. 0/2")
+    # every bad value is one error line before anything trains (the JSON's file included)
+    config = argcheck.config(parser, benchmark=args.benchmark)
+    args.shard, args.shards = argcheck.shard(parser, args.shard)
+    argcheck.seeds(parser, args.seeds)
     missing_methods = [m for m in LR_METHODS + EPOCH_METHODS if m not in METHODS]
     if missing_methods:
         parser.error(f"methods {missing_methods} are not known to sdlora")
+    out = argcheck.output_file(parser, args.json or REPO / "results" /
+                               f"tradeoff_{args.benchmark}.json", "--json")
+    args.tuned = argcheck.tuned_file(parser, args.tuned, "--tuned")
     logging.basicConfig(level=logging.WARNING)
     args.root = args.root or str(REPO / "cache" / "benchmark" / args.benchmark)
-    out = Path(args.json or REPO / "results" / f"tradeoff_{args.benchmark}.json")
+    if not args.no_train:
+        argcheck.output_folder(parser, args.root, "--root")
+        argcheck.before_training(parser, config)  # data, task count, weights
     data = collect(args)
     atomic_write_json(out, data)
     found = sum(len(seeds) for methods in data["sweeps"].values()
@@ -157,4 +157,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    argcheck.quiet_on_closed_pipe(main)

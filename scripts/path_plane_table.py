@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sdlora.analysis import cached, path_plane  # noqa: E402
-from sdlora.analysis.plane import plane_name, plane_summary  # noqa: E402
-from sdlora.config import ConfigError  # noqa: E402
-from sdlora.runs import RunError, RunFolder, demo_runs_root  # noqa: E402
+from sdlora import argcheck  # noqa: E402
+from sdlora.analysis import cached, path_plane, stored  # noqa: E402
+from sdlora.analysis.plane import check_plane, plane_name, plane_summary  # noqa: E402
+from sdlora.runs import RunFolder, demo_runs_root  # noqa: E402
 from sdlora.tables import paired_test  # noqa: E402
 
 COLUMNS = [("end_task1", "task 1 at the end"), ("best_task1", "task 1's best on the plane"),
@@ -39,17 +39,20 @@ def main() -> int:
         help="run folders (default: the demo runs lora-s0..s2 and sd-lora-s0..s2)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    rows = []
+    runs = []  # every folder checked before any is computed (about 2 CPU minutes each)
     for path in args.runs:
         run = RunFolder(path)
         if not run.exists():
             parser.error(f"--runs {path} is not a run folder (no config.json); "
                          f"`python -m sdlora runs` lists them")
-        try:
-            done = run.completed_tasks()
-            result = cached(run, plane_name(done), lambda: path_plane(run))
-        except (ValueError, RunError, ConfigError) as err:
-            parser.error(f"--runs {path}: {err}")
+        name = plane_name(argcheck.checked(parser, run.completed_tasks))
+        argcheck.checked(parser, check_plane, run)  # a path needs two finished tasks
+        if stored(run, name) is None:  # computed here, then kept in its analyses folder
+            argcheck.output_folder(parser, run.analyses_dir, "--runs")
+        runs.append((run, name))
+    rows = []
+    for run, name in runs:
+        result = argcheck.checked(parser, cached, run, name, lambda: path_plane(run))
         rows.append(dict(result, run=run.id) | plane_summary(result))
     head = f"{'run':<14}" + "".join(f" | {label}" for _, label in COLUMNS)
     print(head)
@@ -85,4 +88,4 @@ def _cell(value, label: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    argcheck.quiet_on_closed_pipe(main)

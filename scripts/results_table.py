@@ -207,11 +207,7 @@ def main() -> None:
                         help="also run sd-lora-kd with kd_residual='absolute' (Algorithm 1 "
                              "line 11 as written)")
     args = parser.parse_args()
-    try:
-        shard, shards = (int(x) for x in args.shard.split("/"))
-        assert 0 <= shard < shards
-    except (ValueError, AssertionError):
-        parser.error(f"--shard {args.shard!r} is not valid; give i/n with 0 <= i < n, e.g. 0/2")
+    shard, shards = argcheck.shard(parser, args.shard)
     # every bad value is one error line before anything trains (the table's file included)
     given = dict(benchmark=args.benchmark,
                  **({} if args.epochs is None else dict(epochs=args.epochs)))
@@ -320,4 +316,4 @@ def merge_table(existing: dict, new: dict, jobs: list[dict]) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    argcheck.quiet_on_closed_pipe(main)

@@ -110,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    argcheck.quiet_on_closed_pipe(main)

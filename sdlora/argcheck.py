@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,6 +55,25 @@ def seeds(parser: argparse.ArgumentParser, values: list[int], flag: str = "--see
     """Every seed one TrainConfig accepts."""
     for seed in values:
         config(parser, {"seed": flag}, seed=seed)
+
+
+def shard(parser: argparse.ArgumentParser, text: str, flag: str = "--shard") -> tuple[int, int]:
+    """``i/n`` as (i, n) with 0 <= i < n: the shard of the jobs this process trains."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        i, n = 0, 0
+    if not 0 <= i < n:
+        parser.error(f"{flag} {text!r} is not valid; give i/n with 0 <= i < n, e.g. 0/2")
+    return i, n
+
+
+def count(parser: argparse.ArgumentParser, value: int, flag: str, least: int = 1,
+          what: str = "") -> None:
+    """A whole number of at least ``least`` (grid points, images, ...)."""
+    if value < least:
+        parser.error(f"{flag} {value} is not valid; give a whole number >= {least}"
+                     + (f" ({what})" if what else ""))
 
 
 def parse_settings(pairs: list[str], flag: str = "--set") -> dict:
@@ -217,3 +237,17 @@ def run_matches(parser: argparse.ArgumentParser, path: str | Path, wanted: Train
     if run_config(parser, path, flag) is None:
         return
     checked(parser, check_same_settings, RunFolder(path), wanted)
+
+
+def quiet_on_closed_pipe(main: Callable[[], Any]) -> None:
+    """Run a script's ``main()`` and exit with what it returns; a reader that closes the pipe
+    early (``script.py | head -1``) ends it quietly, as a shell tool does (status 141, SIGPIPE),
+    instead of with a BrokenPipeError traceback."""
+    try:
+        code = main()
+        sys.stdout.flush()  # a table still buffered meets the closed pipe here
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that one is silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+    sys.exit(code)

@@ -8,6 +8,7 @@ training.
 import importlib.util
 import json
 import os
+import runpy
 import sys
 from pathlib import Path
 
@@ -22,7 +23,8 @@ _loaded: dict = {}
 
 def _script(name: str):
     if name not in _loaded:
-        spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"script_{Path(name).name}",
+                                                  SCRIPTS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         _loaded[name] = module
@@ -152,6 +154,37 @@ CASES = {
                       "--per-class 0"),
     "gpu-backbone": ("gpu_check", ["--device", "cpu", "--backbone", "bogus", "--out",
                                    f"{T}/g"], "bogus"),
+    # make_tradeoff.py
+    "trade-seeds": ("make_tradeoff", ["--seeds", "-1", *RT], "--seeds -1"),
+    "trade-shard": ("make_tradeoff", ["--shard", "2/2", *RT], "--shard '2/2'"),
+    "trade-tuned-missing": ("make_tradeoff", ["--tuned", f"{T}/missing.json", *RT],
+                            "no such file"),
+    "trade-tuned-list": ("make_tradeoff", ["--tuned", f"{T}/list.json", *RT], "JSON list"),
+    "trade-tuned-shape": ("make_tradeoff", ["--tuned", f"{T}/shape.json", *RT], "chosen_lr"),
+    "trade-json-readonly": ("make_tradeoff", ["--json", f"{T}/readonly/t.json", *RT],
+                            "read-only"),
+    "trade-json-folder": ("make_tradeoff", ["--json", f"{T}/a-folder", *RT], "is a folder"),
+    "trade-root-file": ("make_tradeoff", ["--root", f"{T}/file.txt", "--json", f"{T}/t.json"],
+                        "is a file"),
+    "trade-no-data": ("make_tradeoff", ["--benchmark", "cifar100", "--root", f"{T}/runs",
+                                        "--json", f"{T}/t.json"], "cifar100"),
+    # path_plane_table.py
+    "plane-unfinished": ("path_plane_table", ["--runs", f"{T}/r20-s0"], "a path needs two"),
+    # hide_budget.py
+    "hide-benchmark": ("hide_budget", ["--benchmark", "bogus"], "bogus"),
+    "hide-epochs": ("hide_budget", ["--epochs", "0"], "--epochs 0"),
+    "hide-epochs-one": ("hide_budget", ["--epochs", "1"], "--epochs 1"),
+    "hide-tasks": ("hide_budget", ["--tasks", "0"], "--tasks 0"),
+    "hide-tasks-divide": ("hide_budget", ["--benchmark", "digits", "--tasks", "3"],
+                          "tasks=3 does not divide"),
+    "hide-no-data": ("hide_budget", ["--benchmark", "cifar100"], "cifar100"),
+    # bench/path_plane.py
+    "bench-plane-grid": ("../bench/path_plane", ["--run", f"{T}/r20-s0", "--grid", "0"],
+                         "--grid 0"),
+    "bench-plane-images": ("../bench/path_plane", ["--run", f"{T}/r20-s0", "--images", "-1"],
+                           "--images -1"),
+    "bench-plane-unfinished": ("../bench/path_plane", ["--run", f"{T}/r20-s0"],
+                               "a path needs two"),
 }
 
 
@@ -160,9 +193,11 @@ def test_script_refuses_bad_input_in_one_line(case, files, monkeypatch, capsys):
     name, argv, named = CASES[case]
     module = _script(name)
     monkeypatch.setattr("sdlora.train.train", _forbidden)
-    for attr in ("train", "run", "make_weights", "make_imagenet_r"):  # gpu_check's work
+    for attr in ("train", "run", "make_weights", "make_imagenet_r",  # gpu_check's work
+                 "collect", "path_plane"):  # make_tradeoff's runs, the planes' analyses
         if hasattr(module, attr):
             monkeypatch.setattr(module, attr, _forbidden)
+    monkeypatch.setattr("sdlora.analysis.plane.path_plane", _forbidden)
     before = sorted(p.relative_to(files) for p in files.rglob("*"))
     monkeypatch.setattr(sys, "argv", [f"{name}.py"] + [a.replace(T, str(files)) for a in argv])
     with pytest.raises(SystemExit) as stop:
@@ -175,3 +210,18 @@ def test_script_refuses_bad_input_in_one_line(case, files, monkeypatch, capsys):
     assert "Traceback" not in err
     assert named in errors[0], errors[0]  # it names the bad value or what is wrong
     assert sorted(p.relative_to(files) for p in files.rglob("*")) == before  # nothing written
+
+
+
+def test_table_into_a_closed_pipe_ends_quietly(monkeypatch, capsys):
+    """`tune_lr.py --show | head -1`: the reader has gone after its line; the script (run as
+    __main__) ends with status 141, as a shell tool does, and writes no BrokenPipeError
+    traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader closed its end
+    monkeypatch.setattr(sys, "stdout", os.fdopen(write, "w", buffering=1))
+    monkeypatch.setattr(sys, "argv", ["tune_lr.py", "--show"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(SCRIPTS / "tune_lr.py"), run_name="__main__")
+    assert stop.value.code == 141
+    assert "Traceback" not in capsys.readouterr().err

@@ -46,7 +46,7 @@ from ..config import TrainConfig
 from ..runs import RunFolder
 from .core import _body, _plain, _run
 
-__all__ = ["path_plane", "plane_coordinates", "plane_name", "plane_summary", "path_frame",
+__all__ = ["check_plane", "path_plane", "plane_coordinates", "plane_name", "plane_summary", "path_frame",
            "PLANE_GRID", "PLANE_IMAGES"]
 
 PLANE_GRID = 15  # grid points per side (the app's and the CLI's default: they share the cache)
@@ -118,6 +118,24 @@ def _subsample(data, n: int, generator: torch.Generator, device: torch.device):
 
 
 @torch.inference_mode()
+def check_plane(run: RunFolder | str | Path, tasks: int | None = None, grid: int = PLANE_GRID,
+                images: int = PLANE_IMAGES) -> int:
+    """The tasks `path_plane` would draw (default every finished one); a ValueError (a RunError
+    for a damaged run) saying why it cannot, before anything is loaded or computed."""
+    run = _run(run)
+    done = run.completed_tasks()
+    tasks = done if tasks is None else tasks
+    if done < 2 or not 2 <= tasks <= done:
+        raise ValueError(f"tasks={tasks} is not valid for run {run.id}: choose a finished task "
+                         f"from 2 to {done}" if done >= 2 else
+                         f"run {run.id} has {done} finished task(s); a path needs two")
+    if grid < 3:
+        raise ValueError(f"grid={grid}; at least 3 points per side (15 or more for a picture)")
+    if images < 1:
+        raise ValueError(f"images={images}; at least 1 test image per task")
+    return tasks
+
+
 def path_plane(run: RunFolder | str | Path, tasks: int | None = None, grid: int = PLANE_GRID,
                images: int = PLANE_IMAGES, device: str = "cpu",
                progress: Callable[[float], None] | None = None, benchmark=None) -> dict:
@@ -133,16 +151,7 @@ def path_plane(run: RunFolder | str | Path, tasks: int | None = None, grid: int 
     from ..train import build_model, load_data, load_model, split_for
 
     run = _run(run)
-    done = run.completed_tasks()
-    tasks = done if tasks is None else tasks
-    if done < 2 or not 2 <= tasks <= done:
-        raise ValueError(f"tasks={tasks} is not valid for run {run.id}: choose a finished task "
-                         f"from 2 to {done}" if done >= 2 else
-                         f"run {run.id} has {done} finished task(s); a path needs two")
-    if grid < 3:
-        raise ValueError(f"grid={grid}; at least 3 points per side (15 or more for a picture)")
-    if images < 1:
-        raise ValueError(f"images={images}; at least 1 test image per task")
+    tasks = check_plane(run, tasks, grid, images)
     config = TrainConfig.from_dict(run.config())
     dev = torch.device(device)
     end = None
