@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_table  # noqa: E402  (puts the repository on sys.path)
 from sdlora import argcheck  # noqa: E402
 from sdlora.config import METHODS, TrainConfig  # noqa: E402
+from sdlora.analysis.tradeoff import frontier_markdown, frontier_summary  # noqa: E402
 from sdlora.runs import REUSE_IGNORED, atomic_write_json  # noqa: E402
 from sdlora.tuning import grid_for, search, tuned_lr  # noqa: E402
 
@@ -154,6 +155,8 @@ def main() -> None:
     print(f"{out}: {found} points (method, knob value, seed) from {args.root}"
           + (f"; {len(data['missing'])} runs missing: {', '.join(data['missing'])}"
              if data["missing"] else "; none missing"), file=sys.stderr)
+    for knob in data["sweeps"]:  # the README's frontier paragraph: SD-LoRA's curve vs LoRA's
+        print(f"\n{knob} sweep\n" + frontier_markdown(frontier_summary(data, knob)))
 
 
 if __name__ == "__main__":

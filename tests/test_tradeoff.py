@@ -192,3 +192,29 @@ def test_page_without_or_with_a_damaged_sweep_file(monkeypatch, tmp_path, text, 
     at.session_state["tradeoff_view"] = "Plane"
     at.run()
     assert not at.exception and len(at.get("plotly_chart")) == 2  # the runs' plane still draws
+
+
+def test_frontier_summary_counts_dominated_points_by_hand():
+    """Two tasks: plasticity = mean of R[0][0], R[1][1]; forgetting = R[0][0] - R[1][0].
+    sd-lora at 0.01: (80, 10) beats lora at 0.01: (70, 30) in both seeds; lora at 0.1 (90, 50)
+    is more plastic than any sd-lora point, so 1 of 2 is dominated; lora's value 1.0 has one
+    seed only and is left out."""
+    from sdlora.analysis.tradeoff import frontier_markdown, frontier_summary
+
+    def m(first, kept, second):
+        return {"accuracy_matrix": [[first], [kept, second]]}
+
+    data = {"sweeps": {"lr": {
+        "sd-lora": {"0.01": {"0": m(80, 70, 80), "1": m(80, 70, 80)}},
+        "lora": {"0.01": {"0": m(70, 40, 70), "1": m(70, 40, 70)},
+                 "0.1": {"0": m(90, 40, 90), "1": m(90, 40, 90)},
+                 "1.0": {"0": m(10, 0, 10)}}}}}
+    s = frontier_summary(data, "lr")
+    assert s["after"] == 2 and s["seeds"] == [0, 1]
+    assert s["means"]["beyond"] == dict(dominated=1, of=2)
+    assert s["means"]["behind"] == dict(dominated=0, of=1)
+    assert s["per_seed"][1]["beyond"] == dict(dominated=1, of=2)
+    assert s["incomplete"] == [("lora", 1.0)]
+    curve = s["curves"]["lora"].set_index("value")
+    assert curve.loc[0.1, "plasticity"] == 90 and curve.loc[0.1, "forgetting"] == 50
+    assert "1 of 2 of lora's points are dominated" in frontier_markdown(s)

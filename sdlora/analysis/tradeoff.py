@@ -165,3 +165,61 @@ def dominance(curve: pd.DataFrame, other: pd.DataFrame) -> dict:
     beaten = [bool(np.any((a[:, 0] >= p) & (a[:, 1] <= f) & ((a[:, 0] > p) | (a[:, 1] < f))))
               for p, f in other[["plasticity", "forgetting"]].to_numpy()]
     return dict(dominated=int(sum(beaten)), of=len(beaten))
+
+
+def frontier_summary(data: dict, knob: str, method: str = "sd-lora",
+                     other: str = "lora") -> dict:
+    """Whether `method`'s curve along `knob` lies beyond `other`'s in the plasticity/forgetting
+    plane after the last task, from a sweep file's runs: the two curves' points (mean ± s.e.
+    over seeds, only knob values every seed of both has), `dominance` of the means both ways,
+    and per seed the same counts on that seed's own points (so the claim can be read seed by
+    seed). Points of values that some seed lacks are left out and listed as `incomplete`."""
+    points = sweep_points(data)
+    points = points[(points["knob"] == knob) & points["method"].isin([method, other])]
+    if points.empty:
+        return dict(knob=knob, method=method, other=other, curves={}, seeds=[], means={},
+                    per_seed={}, incomplete=[])
+    after = int(points["after"].max())
+    last = points[points["after"] == after]
+    seeds = sorted(set(last["seed"]))
+    full = {m: {v for v, g in last[last["method"] == m].groupby("value")
+                if set(g["seed"]) == set(seeds)} for m in (method, other)}
+    incomplete = sorted({(m, v) for m in (method, other)
+                         for v in set(last[last["method"] == m]["value"]) - full[m]})
+    last = last[[v in full[m] for m, v in zip(last["method"], last["value"])]]
+    curves = {m: frontier(last[last["method"] == m], knob, after) for m in (method, other)}
+    means = dict(beyond=dominance(curves[method], curves[other]),
+                 behind=dominance(curves[other], curves[method]))
+    per_seed = {}
+    for seed in seeds:
+        mine = {m: last[(last["method"] == m) & (last["seed"] == seed)] for m in (method, other)}
+        per_seed[seed] = dict(beyond=dominance(mine[method], mine[other]),
+                              behind=dominance(mine[other], mine[method]))
+    return dict(knob=knob, method=method, other=other, after=after, seeds=seeds,
+                curves=curves, means=means, per_seed=per_seed, incomplete=incomplete)
+
+
+def frontier_markdown(summary: dict) -> str:
+    """`frontier_summary` as a README paragraph's table and one line per seed."""
+    if not summary["curves"]:
+        return f"{summary['knob']}: no finished runs of {summary['method']} or {summary['other']}"
+    lines = [f"| method | {summary['knob']} | seeds | plasticity | forgetting |",
+             "|---|---|---|---|---|"]
+    for m, curve in summary["curves"].items():
+        for r in curve.itertuples():
+            lines.append(f"| {m} | {r.value:g} | {r.seeds} | {r.plasticity:.1f} ± "
+                         f"{r.plasticity_se:.1f} | {r.forgetting:.1f} ± {r.forgetting_se:.1f} |")
+    b, w = summary["means"]["beyond"], summary["means"]["behind"]
+    lines.append("")
+    lines.append(f"Means after task {summary['after']}: {b['dominated']} of {b['of']} of "
+                 f"{summary['other']}'s points are dominated by a point of {summary['method']}'s "
+                 f"curve; {w['dominated']} of {w['of']} of {summary['method']}'s by "
+                 f"{summary['other']}'s.")
+    for seed, d in summary["per_seed"].items():
+        lines.append(f"Seed {seed}: {d['beyond']['dominated']} of {d['beyond']['of']} "
+                     f"dominated by {summary['method']}; {d['behind']['dominated']} of "
+                     f"{d['behind']['of']} the other way.")
+    if summary["incomplete"]:
+        lines.append("Left out (not every seed finished): " + ", ".join(
+            f"{m} {v:g}" for m, v in summary["incomplete"]))
+    return "\n".join(lines)
