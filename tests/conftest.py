@@ -1,9 +1,17 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One intra-op thread for torch, here and in every subprocess a test starts (training workers,
+# the app's server, the CLI): the tests' models are tiny (batch <= 128, a 6-block width-192 ViT
+# or ViT-Ti) and on a 2-core machine a second OpenMP thread costs more in synchronisation than
+# it computes (measured on the 2-core machine, shared: tests/test_adapters.py and
+# tests/test_methods.py ran in 12-19 s instead of 68-104 s). Set OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from sdlora.data import ArrayDataset, Benchmark  # noqa: E402
 

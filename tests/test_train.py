@@ -25,8 +25,17 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def test_two_task_run_in_seconds(tmp_path, tiny_benchmark):
-    run = train(_cfg(), out=tmp_path / "run", progress=False, benchmark=tiny_benchmark)
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """One run of `_cfg()` on the tiny benchmark, read (never written) by the tests below."""
+    from tests.conftest import small_benchmark
+
+    return train(_cfg(), out=tmp_path_factory.mktemp("default") / "run", progress=False,
+                 benchmark=small_benchmark())
+
+
+def test_two_task_run_in_seconds(default_run, tiny_benchmark):
+    run = default_run
     m = run.metrics()
     R = m["accuracy_matrix"]
     assert [len(r) for r in R] == [1, 2]
@@ -61,8 +70,8 @@ def test_metrics_definitions():
     assert m["bwt"] == pytest.approx(((50 - 90) + (70 - 80)) / 2)
 
 
-def test_same_seed_same_numbers(tmp_path, tiny_benchmark):
-    a = train(_cfg(), out=tmp_path / "a", progress=False, benchmark=tiny_benchmark).metrics()
+def test_same_seed_same_numbers(tmp_path, tiny_benchmark, default_run):
+    a = default_run.metrics()  # trained in another test's fixture: b is its own training
     b = train(_cfg(), out=tmp_path / "b", progress=False, benchmark=tiny_benchmark).metrics()
     c = train(_cfg(seed=1), out=tmp_path / "c", progress=False,
               benchmark=tiny_benchmark).metrics()
