@@ -35,7 +35,8 @@ hideable=True, **kwargs)``
     never an error. A value the session holds that the widget can no longer take (its options
     or range changed) goes back to ``default``; `parse` may be stricter than the widget (the
     Train form's numbers: a link may not bring lr=-1, the form itself refuses it on submit).
-    ``hideable=False`` keeps it drawn when the link hides the controls.
+    ``hideable=False`` keeps it drawn when the link hides the controls. ``default=None`` (a
+    radio with nothing chosen yet): the parameter is absent from the URL until a choice is made.
 ``url_value(name, default, parse=None, fmt=url_text, many=False, key=None, fits=None,
 where=st)``
     The same value without drawing anything (for a control drawn by hand; write it back with
@@ -339,7 +340,9 @@ def _shown(text) -> str:
 
 
 def url_text(value) -> str:
-    """A value as the URL writes it: numbers %.6g, true/false, else str."""
+    """A value as the URL writes it: numbers %.6g, true/false, none, else str."""
+    if value is None:
+        return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -464,7 +467,13 @@ def _url_note(where, name: str, text: str, err: ValueError, then: str) -> None:
 
 
 def url_write(name: str, value, fmt=url_text, many: bool = False) -> None:
-    """Put a choice in the URL (only when it changed: each write is a message)."""
+    """Put a choice in the URL (only when it changed: each write is a message); None (a radio
+    with nothing chosen yet) takes the parameter out."""
+    if value is None and not many:
+        if name in st.query_params:
+            del st.query_params[name]
+        _url_state()["written"].pop(name, None)
+        return
     texts = ([fmt(v) for v in value] or [""]) if many else [fmt(value)]
     if st.query_params.get_all(name) != texts:
         st.query_params[name] = texts if len(texts) > 1 else texts[0]

@@ -2,9 +2,10 @@
 a guided lesson.
 
 The page's whole state is the session-state / widget keys listed below (KEYS, plus ANSWER per
-lesson step); each control takes its first value from the URL query parameter named like its
-key without the `tradeoff_` prefix (?view=Lesson&step=3, ?after=2&grouped=1, ?knob=epochs), a
-bad value falling back to the default with a one-line note.
+lesson step), each bound to the URL by `ui.url_control` (ui.py's docstring): ?view=Lesson&step=3
+&answer=..., ?after=2&grouped=true&shown=demo/lora-s1, ?view=Frontiers&knob=epochs
+&frontier_after=3. A move inside a view reruns only its fragment and writes the URL from there;
+a bad value falls back to the default with a one-line note.
 """
 import streamlit as st
 
@@ -47,30 +48,6 @@ from sdlora.tables import mean_se, results_dir  # noqa: E402
 
 BENCHMARK = TrainConfig().benchmark
 REFERENCE = figures.REFERENCE_METHODS
-
-
-def initial(key: str, parse, default, choices=None):
-    """A control's first value: the URL's query parameter (the key without `tradeoff_`), else
-    `default`; a bad value falls back to the default with a one-line note (`ui.url_value`,
-    which also keeps the parameter in the page's link)."""
-    def checked(text: str):
-        try:
-            value = parse(text)
-        except ValueError:
-            raise ValueError("is not valid here") from None
-        if choices is not None and value not in choices:
-            raise ValueError("is not one of " + ", ".join(map(str, list(choices)[:8])))
-        return value
-
-    ui.url_value(key.removeprefix("tradeoff_"), default, checked, key=key)
-
-
-def _flag(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("0", "false", "no"):
-        return False
-    raise ValueError(text)
 
 
 # -- what the page reads (cached; re-read when a run writes) -----------------------------------
@@ -179,24 +156,20 @@ def plane() -> None:
         ui.no_runs_message()
         return
     most = int(plane_points(stamped)["after"].max())
-    initial(AFTER, int, most, range(1, most + 1))
-    initial(GROUPED, _flag, False)
-    if st.session_state[AFTER] > most:
-        st.session_state[AFTER] = most
     c1, c2 = st.columns([3, 2])
-    after = c1.slider("After task t", 1, max(most, 2), key=AFTER, disabled=most < 2,
-                      help="Every point as the model after task t sees it: plasticity over "
-                           "tasks 1..t, forgetting of tasks 1..t-1.")
-    mean = c2.toggle("Mean ± s.e. over seeds", key=GROUPED,
-                     help="Runs whose whole configuration but the seed is the same become "
-                          "one point with standard-error bars.")
+    after = ui.url_control(
+        c1.slider, "After task t", name="after", key=AFTER, default=most, min_value=1,
+        max_value=max(most, 2), parse=ui.number(int, 1, most), disabled=most < 2,
+        help="Every point as the model after task t sees it: plasticity over tasks 1..t, "
+             "forgetting of tasks 1..t-1.")
+    mean = ui.url_control(
+        c2.toggle, "Mean ± s.e. over seeds", name="grouped", key=GROUPED, default=False,
+        help="Runs whose whole configuration but the seed is the same become one point with "
+             "standard-error bars.")
     paths = list(runs)
     # first: the run chosen in the sidebar, else SD-LoRA's first
     first = next((p for p in [st.session_state.get(ui.SELECTED_RUN)]
                   + [p for p in paths if runs[p]["method"] == "sd-lora"] if p in runs), paths[0])
-    initial(RUN, str, first, paths)
-    if st.session_state[RUN] not in paths:
-        st.session_state[RUN] = first
     left, right = st.columns([3, 2])
     with left:
         fig, shown = plane_view(stamped, after, mean)
@@ -210,7 +183,8 @@ def plane() -> None:
             "Choose a point to see its tasks on the right.")
         ui.download_buttons(fig, shown, "tradeoff_plane")
     with right:
-        path = st.selectbox("Run shown", paths, key=RUN, format_func=lambda p: Path(p).name)
+        path = ui.url_control(st.selectbox, "Run shown", name="shown", key=RUN, default=first,
+                              options=paths, fmt=ui.run_token, format_func=lambda p: Path(p).name)
         st.plotly_chart(bars_view(stamped, path, after), width="stretch", key="tradeoff-bars")
         st.button("Open this run on the Accuracy page", on_click=_open_accuracy, args=(path,),
                   key="tradeoff-open")
@@ -267,12 +241,13 @@ def frontiers() -> None:
                 " trains them.")
         return
     knobs = [k for k in KNOBS if k in set(points["knob"])]
-    initial(KNOB, str, knobs[0], knobs)
     most = int(points["after"].max())
-    initial(FRONTIER_AFTER, int, most, range(1, most + 1))
     c1, c2 = st.columns([2, 3])
-    knob = c1.radio("Knob", knobs, key=KNOB, format_func=KNOBS.get, horizontal=True)
-    after = c2.slider("After task t", 1, max(most, 2), key=FRONTIER_AFTER, disabled=most < 2)
+    knob = ui.url_control(c1.radio, "Knob", name="knob", key=KNOB, default=knobs[0],
+                          options=knobs, format_func=KNOBS.get, horizontal=True)
+    after = ui.url_control(c2.slider, "After task t", name="frontier_after", key=FRONTIER_AFTER,
+                           default=most, min_value=1, max_value=max(most, 2),
+                           parse=ui.number(int, 1, most), disabled=most < 2)
     fig, line, d = frontier_view(sweep_stamp(), knob, after)
     st.plotly_chart(fig, width="stretch", key="tradeoff-frontier")
     ui.download_buttons(fig, line.drop(columns=["text"]), "tradeoff_frontier")
@@ -472,11 +447,18 @@ def step_epochs(context: dict):
                     "both runs here, in the plane.")
         st.button("Open the Train page with these settings", key="lesson-train",
                   on_click=_suggest, args=(suggestion,), type="primary")
-        if st.session_state.pop("_tradeoff_train", False):
-            st.switch_page("pages/train.py")
+        if st.session_state.pop("_tradeoff_train", False):  # the Train page's own link
+            st.switch_page("pages/train.py", query_params=train_link(suggestion))
 
     return ("Training vanilla LoRA longer on each task (more epochs): what happens?", choices,
             reveal)
+
+
+def train_link(settings: dict) -> dict:
+    """The Train page's URL parameters for the lesson's settings (its fields read them; the
+    validation-chosen rate unticked so that this rate is used)."""
+    return dict(methods=settings["methods"], lr=ui.url_text(settings["lr"]),
+                epochs=str(settings["epochs"]), seed=str(settings["seed"]), tuned="false")
 
 
 def _suggest(settings: dict) -> None:
@@ -489,14 +471,18 @@ STEPS = [step_learned, step_kept, step_frozen, step_rate, step_frontier, step_ep
 
 @st.fragment
 def lesson() -> None:
-    initial(STEP, int, 1, range(1, len(STEPS) + 1))
-    step = st.session_state[STEP]
+    step = ui.url_value("step", 1, ui.number(int, 1, len(STEPS)), key=STEP)
+    ui.url_write("step", step)
     st.progress(step / len(STEPS), text=f"Step {step} of {len(STEPS)}")
     context = dict(runs=finished(runs_key()), sweep=sweep())
     question, choices, reveal = STEPS[step - 1](context)
-    answer = st.radio(f"**{question}**", choices, index=None, key=ANSWER.format(step))
+    # the answer to this step (none yet: not in the URL); the student's, even in a set exercise
+    answer = ui.url_control(st.radio, f"**{question}**", name="answer", options=choices,
+                            default=None, key=ANSWER.format(step), hideable=False)
     if answer is not None:
         reveal(answer)
+    if ui.controls_hidden():  # a set exercise: the link fixes the step
+        return
     back, forward = st.columns(2)
     back.button("Previous step", disabled=step == 1, on_click=_go, args=(step - 1,),
                 key="tradeoff-back")
@@ -514,8 +500,8 @@ def body() -> None:
     for key in [*KEYS, *(ANSWER.format(i) for i in range(1, len(STEPS) + 1))]:
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
-    initial(VIEW, str, VIEWS[0], VIEWS)
-    view = st.segmented_control("View", VIEWS, key=VIEW, label_visibility="collapsed")
+    view = ui.url_control(st.segmented_control, "View", name="view", key=VIEW, options=VIEWS,
+                          default=VIEWS[0], required=True, label_visibility="collapsed")
     if view == "Frontiers":
         frontiers()
     elif view == "Lesson":

@@ -162,9 +162,11 @@ def test_page_frontiers_and_lesson_from_the_shipped_sweep(monkeypatch, tmp_path)
     assert len(verdict) == 1 and len(at.get("plotly_chart")) == 1
     for step in range(2, 7):
         at.button(key="tradeoff-next").click().run()
+        assert at.query_params["step"] == str(step) and "answer" not in at.query_params
         radio = at.radio(key=f"tradeoff_answer_{step}")
         radio.set_value(radio.options[0]).run()
         assert not at.exception and not at.error
+        assert at.query_params["answer"] == radio.options[0]  # the link has the answer given
     at.session_state["tradeoff_view"] = "Frontiers"  # the frontiers' choice was kept
     at.run()
     assert at.radio(key="tradeoff_knob").value == "lr"
@@ -174,7 +176,12 @@ def test_page_frontiers_and_lesson_from_the_shipped_sweep(monkeypatch, tmp_path)
     at.button(key="lesson-train").click().run()  # the last step: to the Train page, filled in
     assert any(t.value == "Train" for t in at.title) and not at.exception
     assert any("Settings from the Trade-off lesson: lora and sd-lora" in i.value for i in at.info)
-    assert at.number_input[2].value == at.session_state["train_suggestion"]["lr"]
+    suggested = at.session_state["train_suggestion"]
+    assert at.number_input[2].value == suggested["lr"]
+    # ... and as the Train page's link, so that the step can be shared
+    assert at.query_params["methods"] == ["lora", "sd-lora"]
+    assert [at.query_params[k] for k in ("lr", "epochs", "seed", "tuned")] == [
+        f"{suggested['lr']:.6g}", str(suggested["epochs"]), "3", "false"]
 
 
 @pytest.mark.parametrize("text, said", [("", "does not exist"), ("{", "not readable JSON")])
@@ -218,3 +225,36 @@ def test_frontier_summary_counts_dominated_points_by_hand():
     curve = s["curves"]["lora"].set_index("value")
     assert curve.loc[0.1, "plasticity"] == 90 and curve.loc[0.1, "forgetting"] == 50
     assert "1 of 2 of lora's points are dominated" in frontier_markdown(s)
+
+
+def _notes(at) -> list[str]:
+    return [c.value for c in at.caption if ":material/link_off:" in c.value]
+
+
+def test_page_link_sets_the_choices_and_a_move_writes_them_back(monkeypatch, tmp_path):
+    """The plane's choices from a link (bad ones back to the default, one note each); a move
+    goes back into the URL; the lesson's step and answer from a link with the controls
+    hidden."""
+    at = _page(monkeypatch, tmp_path, query=dict(after="2", grouped="maybe", shown="gone-run"))
+    assert at.slider(key="tradeoff_after").value == 2
+    assert at.toggle(key="tradeoff_grouped").value is False
+    shown = "demo/" + Path(at.selectbox(key="tradeoff_run").value).name
+    assert shown.startswith("demo/sd-lora-")  # the default: an sd-lora run
+    notes = _notes(at)
+    assert len(notes) == 2 and all("\n" not in n for n in notes), notes
+    assert "`grouped=maybe` is not true or false: showing the default (false)" in notes[0]
+    assert f"`shown=gone-run` is not a run here: showing the default ({shown})" in notes[1]
+    assert at.query_params["shown"] == shown and at.query_params["after"] == "2"
+    at.slider(key="tradeoff_after").set_value(3).run()
+    at.toggle(key="tradeoff_grouped").set_value(True).run()
+    assert at.query_params["after"] == "3" and at.query_params["grouped"] == "true"
+    assert at.query_params["view"] == "Plane"
+
+    choice = "SD-LoRA"  # step 2: which method kept more of task 1 (the demo runs answer)
+    (tmp_path / "hidden").mkdir()  # a fresh session (its own cache folder)
+    at = _page(monkeypatch, tmp_path / "hidden", query=dict(
+        view="Lesson", step="2", answer=choice, controls="hidden"))
+    assert not at.get("segmented_control") and not at.button  # the link fixes view and step
+    assert at.radio(key="tradeoff_answer_2").value == choice  # the student's own control
+    assert len(at.get("plotly_chart")) == 1 and not _notes(at)
+    assert at.query_params["step"] == "2" and at.query_params["answer"] == choice
