@@ -22,7 +22,7 @@ from pathlib import Path
 import timm
 from timm.models.vision_transformer import VisionTransformer
 
-from .config import ConfigError
+from .errors import ConfigError
 
 __all__ = ["BackboneSpec", "EMBEDDED", "EMBEDDED_WEIGHTS", "GLYPH", "GLYPH_WEIGHTS",
            "create_backbone", "BACKBONES", "image_size", "backbone_width", "weights_file",

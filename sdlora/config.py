@@ -13,6 +13,8 @@ __all__ = ["TrainConfig", "METHODS", "JOINT_ADAPTERS", "L2P_VARIANTS", "DUALPROM
            "PROMPT_TOKENS_MAX", "PROMPT_POOL_MAX", "LOSS_WEIGHT_MAX", "WORKERS_MAX", "ConfigError",
            "part_rates"]
 
+from .errors import ConfigError  # noqa: E402  (defined there: sdlora.backbone subclasses it)
+
 log = logging.getLogger(__name__)
 
 # Method name -> one line of what it is (the table in sdlora.methods gives the behaviour).
@@ -135,12 +137,8 @@ BENCHMARK_BACKBONES: dict[str, str] = {"glyphs40": "glyph-vit", "glyphs80": "gly
                                        "digits": "embedded-vit"}
 DEFAULT_BACKBONE = "embedded-vit"
 
-# Adapters the `joint` upper bound can train with (rows of sdlora.methods.lora.TRAITS).
+# Adapters the `joint` upper bound can train with (rows of sdlora.traits.TRAITS).
 JOINT_ADAPTERS = ("lora", "sd-lora", "full-ft")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names it and what would be valid."""
 
 
 def _choice(name: str, value: Any, valid) -> None:
@@ -685,7 +683,7 @@ def _magnitudes(later_tasks: bool) -> Applies:
     """magnitude_init (every method with learned magnitudes, the paper's variant) or
     new_magnitude_init (those that add a component on every task)."""
     def applies(c: "TrainConfig") -> bool:
-        from .methods.lora import TRAITS
+        from .traits import TRAITS
 
         traits = TRAITS.get(_adapter_method(c))
         return (traits is not None and traits.adapter and traits.magnitudes

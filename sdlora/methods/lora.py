@@ -26,7 +26,6 @@ full-ft / frozen  no adapter: the whole backbone trains / nothing but the head t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -34,6 +33,7 @@ from torch.func import functional_call
 
 from ..adapters import QVAdapter, absolute_residual, least_squares_residual
 from ..config import TrainConfig
+from ..traits import TRAITS, MethodTraits
 from ..fused import FrozenMagnitudes
 from .base import ContinualMethod, IncrementalHead, Normalised
 
@@ -43,30 +43,6 @@ __all__ = ["ContinualViT", "IncrementalHead", "MethodTraits", "TRAITS", "RELEASE
 log = logging.getLogger(__name__)
 
 RELEASED_MAGNITUDE = 0.8  # the released code's magnitude init, re-created every task
-
-
-@dataclass(frozen=True)
-class MethodTraits:
-    adapter: bool  # has a QVAdapter
-    per_task: bool = True  # a new component per task (else one component for all tasks)
-    magnitudes: bool = True
-    rescale_earlier: bool = True  # earlier magnitudes train on later tasks
-    direction_after_first: bool = True  # the (single) direction trains after task 1
-    backbone_trains: bool = False
-
-
-TRAITS: dict[str, MethodTraits] = {
-    "sd-lora": MethodTraits(adapter=True),
-    "sd-lora-rr": MethodTraits(adapter=True),
-    "sd-lora-kd": MethodTraits(adapter=True),
-    "no-rescale": MethodTraits(adapter=True, rescale_earlier=False),
-    "frozen-magnitudes": MethodTraits(adapter=True, rescale_earlier=False),
-    "single-decoupled": MethodTraits(adapter=True, per_task=False),
-    "fixed-first-direction": MethodTraits(adapter=True, per_task=False, direction_after_first=False),
-    "lora": MethodTraits(adapter=True, per_task=False, magnitudes=False),
-    "full-ft": MethodTraits(adapter=False, backbone_trains=True),
-    "frozen": MethodTraits(adapter=False),
-}
 
 
 # What the analysis pages of SD-LoRA's own parts need a run to have logged.
