@@ -149,7 +149,7 @@ def main() -> None:
         argcheck.output_folder(parser, args.root, "--root")
         argcheck.before_training(parser, config)  # data, task count, weights
     data = collect(args)
-    atomic_write_json(out, data)
+    argcheck.checked(parser, atomic_write_json, out, data)  # a failed write: one error line
     found = sum(len(seeds) for methods in data["sweeps"].values()
                 for values in methods.values() for seeds in values.values())
     print(f"{out}: {found} points (method, knob value, seed) from {args.root}"
