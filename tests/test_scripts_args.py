@@ -166,6 +166,8 @@ CASES = {
     "trade-json-folder": ("make_tradeoff", ["--json", f"{T}/a-folder", *RT], "is a folder"),
     "trade-root-file": ("make_tradeoff", ["--root", f"{T}/file.txt", "--json", f"{T}/t.json"],
                         "is a file"),
+    "trade-root-file-no-train": ("make_tradeoff", ["--root", f"{T}/file.txt", "--no-train",
+                                                   "--json", f"{T}/t.json"], "is a file"),
     "trade-no-data": ("make_tradeoff", ["--benchmark", "cifar100", "--root", f"{T}/runs",
                                         "--json", f"{T}/t.json"], "cifar100"),
     # path_plane_table.py
