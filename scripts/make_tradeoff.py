@@ -148,8 +148,10 @@ def main() -> None:
     if not args.no_train:
         argcheck.output_folder(parser, args.root, "--root")
         argcheck.before_training(parser, config)  # data, task count, weights
+    elif Path(args.root).exists() and not Path(args.root).is_dir():  # else 0 points written
+        parser.error(f"--root {args.root} is a file; expected the folder of runs to read")
     data = collect(args)
-    atomic_write_json(out, data)
+    argcheck.checked(parser, atomic_write_json, out, data)  # a failed write: one error line
     found = sum(len(seeds) for methods in data["sweeps"].values()
                 for values in methods.values() for seeds in values.values())
     print(f"{out}: {found} points (method, knob value, seed) from {args.root}"

@@ -284,8 +284,8 @@ def main() -> None:
     suffix = "" if d.tasks == TrainConfig(benchmark=args.benchmark).tasks else f"-{d.tasks}"
     out = args.json or args.merge_into or (
         None if missing else str(REPO / "results" / f"table_{args.benchmark}{suffix}.json"))
-    if out:
-        atomic_write_json(Path(out), table)
+    if out:  # a write that fails here (a full disk) is one error line; the runs are kept
+        argcheck.checked(parser, atomic_write_json, Path(out), table)
 
 
 def merge_table(existing: dict, new: dict, jobs: list[dict]) -> dict:

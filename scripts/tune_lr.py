@@ -102,7 +102,7 @@ def main() -> None:
             fcntl.flock(lock, fcntl.LOCK_EX)
             summary = load_tuned(summary_path)
             summary[result["key"]] = result
-            atomic_write_json(summary_path, summary)
+            argcheck.checked(parser, atomic_write_json, summary_path, summary)
         print(f"{result['label']}: validation Acc "
               + ", ".join(f"lr {lr}: {acc:.1f}" for lr, acc in result["validation_acc"].items())
               + f" -> lr {chosen_text(result)}")

@@ -207,6 +207,7 @@ MAGNITUDE_MAX = 100.0
 # ViT-B/16 sequence 197; a million tokens failed in the allocator.
 PROMPT_TOKENS_MAX = 1024
 PROMPT_POOL_MAX = 1024  # prompts in a pool (released: 10 to 100)
+HIDE_CENTROIDS_MAX = 1024  # k-means clusters per class (released: 10); above a class's images
 # The prompts' parameters, estimated before they are allocated: pool x length x width x 4 bytes
 # (x 5 prefix blocks for dualprompt and coda-prompt)
 PROMPT_BYTES_MAX = 2**30
@@ -509,6 +510,10 @@ class TrainConfig:
             raise ConfigError(f"hide_prompt_length={self.hide_prompt_length} is not valid; "
                               f"choose 1..{PROMPT_TOKENS_MAX} (tokens a prompt adds to a "
                               f"block's sequence)")
+        if self.hide_centroids > HIDE_CENTROIDS_MAX:  # (classes, K, d) statistics, allocated
+            raise ConfigError(f"hide_centroids={self.hide_centroids} is not valid; choose "
+                              f"1..{HIDE_CENTROIDS_MAX} (k-means clusters per class; the "
+                              f"released code uses 10)")
         for name in ("hide_tii_lr", "hide_ca_lr", "hide_tap_lr"):
             if getattr(self, name) is not None:
                 _finite(name, getattr(self, name), optional=True)

@@ -166,6 +166,8 @@ CASES = {
     "trade-json-folder": ("make_tradeoff", ["--json", f"{T}/a-folder", *RT], "is a folder"),
     "trade-root-file": ("make_tradeoff", ["--root", f"{T}/file.txt", "--json", f"{T}/t.json"],
                         "is a file"),
+    "trade-root-file-no-train": ("make_tradeoff", ["--root", f"{T}/file.txt", "--no-train",
+                                                   "--json", f"{T}/t.json"], "is a file"),
     "trade-no-data": ("make_tradeoff", ["--benchmark", "cifar100", "--root", f"{T}/runs",
                                         "--json", f"{T}/t.json"], "cifar100"),
     # path_plane_table.py
@@ -225,3 +227,26 @@ def test_table_into_a_closed_pipe_ends_quietly(monkeypatch, capsys):
         runpy.run_path(str(SCRIPTS / "tune_lr.py"), run_name="__main__")
     assert stop.value.code == 141
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_table_write_that_fails_at_the_end_is_one_error_line(files, monkeypatch, capsys):
+    """--json passes the checks up front, but writing it fails at the end (a full disk, or a
+    folder root may not write, e.g. under /proc): one `error:` line naming the file, exit 2, no
+    traceback."""
+    module = _script("results_table")
+    monkeypatch.setattr("sdlora.train.train", _forbidden)
+    target = files / "t.json"
+
+    def full_disk(path, data):
+        raise OSError(28, f"writing {path} failed (No space left on device); the files "
+                          f"written before are kept", str(path))
+    monkeypatch.setattr(module, "atomic_write_json", full_disk)
+    monkeypatch.setattr(sys, "argv", ["results_table.py", "--json", str(target), "--no-train",
+                                      "--root", str(files / "runs")])
+    with pytest.raises(SystemExit) as stop:
+        module.main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("results_table.py: error:") and f"writing {target} failed" in last, err

@@ -92,6 +92,8 @@ def test_a_given_run_id_that_is_taken_is_refused():
       "--backbone", "vit_base_patch16_224.augreg2_in21k_ft_in1k"],
      "the prompts would take about 2.9 GiB, more than 1"),
     (["--hide-tii-lr", "1e300", "--method", "hide-prompt"], "hide_tii_lr=1e+300 is not valid"),
+    (["--hide-centroids", "100000000", "--method", "hide-prompt"],
+     "hide_centroids=100000000 is not valid; choose 1..1024"),
     (["--weight-decay", "1e300"], "weight_decay=1e+300 must be from 0 to 1"),
     (["--method", "l2p", "--pull-weight", "1e300"], "pull_weight=1e+300 is not valid"),
     (["--num-workers", "100000"], "num_workers=100000 is not valid"),
