@@ -387,12 +387,16 @@ def main() -> None:
     parser.add_argument("--page", default="accuracy", help="the page opened by its own URL")
     parser.add_argument("--switch", nargs="+",
                         default=["accuracy", "magnitudes", "directions", "efficiency",
-                                 "overview", "theory", "interpolation"],
+                                 "overview", "tradeoff", "theory", "interpolation"],
                         help="pages clicked through for the page-switch times")
     parser.add_argument("--move", nargs="+", metavar="PAGE[?QUERY]:LABEL",
                         default=["interpolation:Task boundary t",
                                  "interpolation:Points on the line",
-                                 "accuracy:Runs to overlay", "overview:renditions20"],
+                                 "accuracy:Runs to overlay", "overview:renditions20",
+                                 "tradeoff:After task t", "tradeoff:Mean ± s.e. over seeds",
+                                 "tradeoff:Run shown", "tradeoff?view=Frontiers:After task t",
+                                 "tradeoff?view=Frontiers:Knob",
+                                 "tradeoff?view=Lesson:Right after learning each task"],
                         help="controls moved for the control-move times (a page's file name, "
                              "a link's query string allowed, and the control's label)")
     parser.add_argument("--parts", nargs="+", choices=["paint", "switch", "move"],
