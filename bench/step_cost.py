@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdlora.backbone import image_size  # noqa: E402
+from sdlora.machine import cpu_model  # noqa: E402
 from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.methods.lora import ContinualViT  # noqa: E402
 from sdlora.train import build_model, task_generator  # noqa: E402
@@ -268,16 +268,6 @@ def main() -> None:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.json}")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def print_result(r: dict) -> None:
