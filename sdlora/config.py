@@ -10,7 +10,8 @@ from typing import Any, Callable
 __all__ = ["TrainConfig", "METHODS", "JOINT_ADAPTERS", "L2P_VARIANTS", "DUALPROMPT_VARIANTS",
            "PROMPT_SHAPES", "GRAD_CLIP_DEFAULTS", "PULL_WEIGHT_DEFAULTS", "HEAD_LR_SCALE_DEFAULTS",
            "HIDE_OPTIONS", "HIDE_BUDGETS", "APPLIES", "LR_RANGE", "MAGNITUDE_MAX",
-           "PROMPT_TOKENS_MAX", "PROMPT_POOL_MAX", "LOSS_WEIGHT_MAX", "WORKERS_MAX", "ConfigError",
+           "PROMPT_TOKENS_MAX", "PROMPT_POOL_MAX", "LOSS_WEIGHT_MAX", "WORKERS_MAX", "EPOCHS_MAX",
+           "ConfigError",
            "part_rates"]
 
 from .errors import ConfigError  # noqa: E402  (defined there: sdlora.backbone subclasses it)
@@ -217,6 +218,9 @@ PROMPT_BYTES_MAX = 2**30
 LOSS_WEIGHT_MAX = 1000.0
 WEIGHT_DECAY_MAX = 1.0
 WORKERS_MAX = 256  # DataLoader worker processes
+# Passes over each task's images: the paper's longest schedule is 50 (CUB-200), the released
+# HiDe-Prompt's 150; 10,000 on the embedded default would train for weeks on a CPU.
+EPOCHS_MAX = 10_000
 
 
 @dataclass
@@ -365,6 +369,8 @@ class TrainConfig:
         _choice("device", self.device, ["auto", "cpu", "cuda"])
         for name in ("tasks", "epochs", "batch_size", "rank", "rr_mu", "rr_nu", "eval_batch_size"):
             _positive(name, getattr(self, name), integer=True)
+        if self.epochs > EPOCHS_MAX:
+            raise ConfigError(f"epochs={self.epochs!r} is not valid; choose 1..{EPOCHS_MAX}")
         for name in ("lr", "kd_tau", "head_lr_scale"):
             _positive(name, getattr(self, name))
         _rate("lr", self.lr)

@@ -97,6 +97,7 @@ def test_a_given_run_id_that_is_taken_is_refused():
     (["--weight-decay", "1e300"], "weight_decay=1e+300 must be from 0 to 1"),
     (["--method", "l2p", "--pull-weight", "1e300"], "pull_weight=1e+300 is not valid"),
     (["--num-workers", "100000"], "num_workers=100000 is not valid"),
+    (["--epochs", "1000000000000"], "epochs=1000000000000 is not valid; choose 1..10000"),
 ])
 def test_values_that_cannot_run_are_refused_before_training(argv, says, capsys, no_training):
     code, err = _cli(["train", *argv], capsys)
