@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from .config import ConfigError, TrainConfig
 from .data import DataError
-from .runs import RunError, RunFolder, check_same_settings
+from .runs import RunError, RunFolder, check_same_settings, nearest_existing
 
 
 def _one_line(err: BaseException) -> str:
@@ -182,9 +182,7 @@ def tuned_file(parser: argparse.ArgumentParser, path: str | Path, flag: str,
 
 def _writable_ancestor(parser, path: Path, flag: str, folder: Path | None = None) -> None:
     """``folder`` (default ``path``) or its nearest existing ancestor is a writable folder."""
-    probe = path if folder is None else folder
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
+    probe = nearest_existing(path if folder is None else folder)
     if not probe.is_dir():
         parser.error(f"{flag} {path} is under {probe}, which is a file; expected a path in a "
                      f"folder")

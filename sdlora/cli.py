@@ -168,12 +168,12 @@ def _check_out(out: Path, what: str) -> None:
     guard; this answers before the data is loaded)."""
     import os
 
+    from .runs import check_new_folder, nearest_existing
+
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{what} {out} is a file; expected a folder for the run (new or "
                           f"empty)")
-    probe = out
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
+    probe = nearest_existing(out)
     if not probe.is_dir():
         raise ConfigError(f"{what} {out} is under {probe}, which is a file; expected a folder "
                           f"path")
@@ -182,7 +182,6 @@ def _check_out(out: Path, what: str) -> None:
                           f"read-only; choose a folder you can write"
                           + (" (--out, or $SDLORA_CACHE)" if what != "--out" else ""))
     if out.is_dir():
-        from .runs import check_new_folder
         check_new_folder(out)  # a folder holding other files: refused before anything is made
 
 

@@ -49,7 +49,8 @@ if TYPE_CHECKING:  # torch and safetensors load only with a checkpoint: listing 
 
 __all__ = ["RunError", "RunFolder", "check_same_settings", "REUSE_IGNORED", "RunClaim",
            "default_runs_root", "demo_runs_root", "list_runs", "resolve_run", "atomic_write_json",
-           "atomic_write_text", "pid_alive", "check_new_folder", "check_safetensors"]
+           "atomic_write_text", "pid_alive", "check_new_folder", "check_safetensors",
+           "nearest_existing"]
 
 MARKER = ".sdlora-run"
 LOCK = ".lock"
@@ -332,6 +333,16 @@ class RunFolder:
         writer's life and `release()` it at the end. `new`: a run starts here (the folder
         must be empty or absent); otherwise an existing run is resumed."""
         return RunClaim(self, new)
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` itself if it exists, else its nearest existing ancestor: where a file or folder
+    made at `path` would be created (whether that is a folder one can write is the caller's
+    question)."""
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return probe
 
 
 def check_new_folder(path: Path) -> None:
