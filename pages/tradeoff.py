@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sdlora.analysis import figures, seed_groups  # noqa: E402
 from sdlora.analysis.tradeoff import (KNOBS, SweepError, dominance, frontier,  # noqa: E402
-                                      load_sweep, sweep_points, task_tradeoff,
-                                      tradeoff_points)
+                                      load_sweep, rate_effect, sweep_points,
+                                      task_tradeoff, tradeoff_points)
 from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.runs import RunFolder  # noqa: E402
 from sdlora.tables import mean_se, results_dir  # noqa: E402
@@ -379,16 +379,22 @@ def step_rate(context: dict):
         line = lesson_line(context, "lr", ["lora"])
         if len(line) < 2:
             return needs("vanilla LoRA's learning-rate sweep (two rates or more)")
-        low, high = line.iloc[0], line.iloc[-1]
-        change = high.forgetting - low.forgetting
+        effect = rate_effect(line)
+        low, high, change = effect["low"], effect["high"], effect["change"]
         verdict(answer, choices[2] if abs(change) < 2 else choices[0] if change > 0
                 else choices[1])
         st.plotly_chart(figures.tradeoff_figure(line, "Vanilla LoRA as its learning rate grows",
                                                 lines=True), width="stretch", key="lesson-4")
-        st.markdown(f"From lr {low.value:g} to {high.value:g} vanilla LoRA's forgetting went "
-                    f"from {low.forgetting:.1f} to {high.forgetting:.1f} points and its "
-                    f"plasticity from {low.plasticity:.1f}% to {high.plasticity:.1f}%. One knob "
-                    "moves a method along its own curve: the trade-off, traced.")
+        st.markdown(f"From lr {low.value:g} to {high.value:g} (its most plastic rate) vanilla "
+                    f"LoRA's forgetting went from {low.forgetting:.1f} to {high.forgetting:.1f} "
+                    f"points and its plasticity from {low.plasticity:.1f}% to "
+                    f"{high.plasticity:.1f}%. One knob moves a method along its own curve: the "
+                    "trade-off, traced.")
+        if effect["collapsed"]:
+            rates = ", ".join(f"{v:g}" for v in effect["collapsed"])
+            st.markdown(f"At lr {rates} training collapses: plasticity falls below half its "
+                        "best, so there is little to forget, and low forgetting there is not "
+                        "stability. Read the curve up to its most plastic point.")
 
     return ("Raising vanilla LoRA's learning rate: what happens to the old tasks?", choices,
             reveal)

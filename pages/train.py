@@ -90,7 +90,10 @@ with st.form("train"):
              "(on a validation split of the training data, results/tuned_lr.json), use it "
              "instead of the number above; the README's tables are trained that way.")
     rank = ui.url_control(c3.number_input, "Rank r", name="rank", default=default.rank,
-                          parse=ui.number(int, 1), step=1)
+                          parse=ui.number(int, 1), step=1,
+                          help="Of each LoRA direction (and InfLoRA's). Methods without "
+                               "low-rank adapters (full-ft, frozen, the prompt methods) have "
+                               "none; sd-lora-rr follows its own schedule (rr_ranks).")
     seed = ui.url_control(c3.number_input, "Seed", name="seed", key=f"url-seed{lesson}",
                           default=lesson_settings["seed"] if lesson_settings else 0,
                           parse=ui.number(int, 0), step=1)
@@ -108,9 +111,10 @@ def submit(methods: list[str]) -> None:
         if preset in PRESETS:
             configs = [preset_config(preset, **{**common, "method": m}) for m in methods]
         else:
+            # the rank where the method has one (with_options: not for full-ft, frozen, prompts)
             configs = [TrainConfig(benchmark=benchmark, backbone=backbone, tasks=int(tasks),
-                                   epochs=int(epochs), lr=float(lr), rank=int(rank),
-                                   **{**common, "method": m}) for m in methods]
+                                   epochs=int(epochs), lr=float(lr), **{**common, "method": m}
+                                   ).with_options(rank=int(rank)) for m in methods]
             if use_tuned:  # the same rate as `python -m sdlora train` without --lr
                 tuned = load_tuned(tuned_path())
                 configs = [replace(c, lr=chosen_lr(c, fallback=c.lr, results=tuned)[0])

@@ -713,6 +713,26 @@ def _magnitudes(later_tasks: bool) -> Applies:
     return where, applies, here
 
 
+def _rank() -> Applies:
+    """`rank`: the methods that train low-rank matrices of that rank (the LoRA family but
+    sd-lora-rr, whose ranks are rr_ranks; inflora; joint with a LoRA adapter)."""
+    def applies(c: "TrainConfig") -> bool:
+        from .traits import TRAITS
+
+        method = _adapter_method(c)
+        traits = TRAITS.get(method)
+        return method == "inflora" or (traits is not None and traits.adapter
+                                       and method != "sd-lora-rr")
+
+    def here(c: "TrainConfig") -> str:
+        return repr(c.method) + (f" with joint_adapter={c.joint_adapter!r}"
+                                 if c.method == "joint" else "")
+
+    return ("the methods with low-rank adapters (lora, the sd-lora family but sd-lora-rr, "
+            "whose ranks are rr_ranks, single-decoupled, fixed-first-direction, inflora, joint "
+            "with joint_adapter 'lora' or 'sd-lora')", applies, here)
+
+
 def _file_benchmark(c: "TrainConfig") -> bool:
     from .data import BENCHMARKS
 
@@ -721,6 +741,7 @@ def _file_benchmark(c: "TrainConfig") -> bool:
 
 APPLIES: dict[str, Applies] = {
     "variant": _methods("sd-lora"),
+    "rank": _rank(),
     "magnitude_init": _magnitudes(later_tasks=False),
     "new_magnitude_init": _magnitudes(later_tasks=True),
     **{name: _methods("sd-lora-kd") for name in ("kd_tau", "kd_residual", "kd_absorb")},

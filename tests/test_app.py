@@ -147,6 +147,22 @@ def test_train_form_refuses_bad_input(tmp_path, monkeypatch):
     assert not (tmp_path / "jobs").exists() or not list((tmp_path / "jobs").glob("*.json"))
 
 
+def test_train_form_gives_the_rank_only_to_methods_that_have_one(tmp_path, monkeypatch):
+    """rank=4 with lora and full-ft chosen: both queued, lora at rank 4, full-ft at its default
+    (a TrainConfig refuses rank for full-ft; the page drops it there with with_options)."""
+    monkeypatch.setenv("SDLORA_CACHE", str(tmp_path))
+    monkeypatch.setattr("sdlora.jobs.ensure_worker", lambda *a, **k: None)
+    at = _open("train")
+    at.multiselect[0].set_value(["lora", "full-ft"])
+    assert at.number_input[3].label == "Rank r"
+    at.number_input[3].set_value(4)
+    at.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    jobs = [json.loads(p.read_text()) for p in (tmp_path / "jobs").glob("*.json")]
+    assert {j["config"]["method"]: j["config"]["rank"] for j in jobs} == {"lora": 4,
+                                                                         "full-ft": 10}
+
+
 # -- damaged run folders (issue 13): every page renders, the damage is named ----------------
 DAMAGED = {  # run id -> (file, new content or None to delete, what the app must say)
     "bad-config": ("config.json", "null", "config.json holds null"),

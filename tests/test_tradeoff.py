@@ -82,7 +82,7 @@ def test_collection_reuses_finished_runs_and_lists_missing(make_tradeoff, tmp_pa
     assert line.set_index("method")["value"].to_dict() == {"lora": 8.0, "sd-lora": 4.0}
     assert line.set_index("method")["forgetting"]["lora"] == pytest.approx(30.5)  # 29..32
     # a folder of that name made with other settings is never counted
-    finished_run(root / "frozen-lr0.008-s0", TrainConfig(method="frozen", lr=0.008, rank=4), five)
+    finished_run(root / "frozen-lr0.008-s0", TrainConfig(method="frozen", lr=0.008, epochs=3), five)
     with pytest.raises(SystemExit, match="other settings"):
         make_tradeoff.main()
 
@@ -225,6 +225,28 @@ def test_frontier_summary_counts_dominated_points_by_hand():
     curve = s["curves"]["lora"].set_index("value")
     assert curve.loc[0.1, "plasticity"] == 90 and curve.loc[0.1, "forgetting"] == 50
     assert "1 of 2 of lora's points are dominated" in frontier_markdown(s)
+
+
+def test_rate_effect_reads_the_curve_up_to_its_most_plastic_point():
+    """LoRA's shape in the shipped sweep: forgetting grows from the lowest rate to the most
+    plastic one (33 -> 39), then the top rate collapses (plasticity 7 < half of 62) and forgets
+    little. First vs last rate would say "kept better"; up to the peak it says forgotten more."""
+    import pandas as pd
+
+    from sdlora.analysis.tradeoff import rate_effect
+
+    curve = pd.DataFrame(dict(value=[0.03, 0.0005, 0.008, 0.002],  # out of order on purpose
+                              plasticity=[7.1, 54.3, 45.0, 61.9],
+                              forgetting=[5.5, 33.2, 39.9, 39.3]))
+    e = rate_effect(curve)
+    assert (e["low"].value, e["high"].value) == (0.0005, 0.002)
+    assert e["change"] == pytest.approx(6.1)
+    assert e["collapsed"] == [0.03]  # 45.0 at 0.008 is past the peak but above half of 61.9
+    # the lowest rate most plastic: the next one is compared, nothing collapsed at 0.6x
+    e = rate_effect(pd.DataFrame(dict(value=[1, 2], plasticity=[50, 30], forgetting=[20, 10])))
+    assert (e["low"].value, e["high"].value, e["change"]) == (1, 2, -10)
+    assert e["collapsed"] == []
+    assert rate_effect(curve.iloc[:1]) is None
 
 
 def _notes(at) -> list[str]:

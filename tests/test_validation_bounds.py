@@ -179,6 +179,11 @@ def test_interpolation_points_are_bounded(capsys, no_training):
                               "a folder) only, not the embedded benchmark 'glyphs40'"),
     (dict(amp="bf16", device="cpu"), "amp='bf16' applies to a CUDA device"),
     (dict(val_fraction=0.3), "val_fraction=0.3 applies to holdout='validation' only"),
+    (dict(method="full-ft", rank=4), "rank=4 applies to the methods with low-rank adapters"),
+    (dict(method="hide-prompt", rank=4), "only, not 'hide-prompt'"),
+    (dict(method="sd-lora-rr", rank=4), "whose ranks are rr_ranks"),
+    (dict(method="joint", joint_adapter="full-ft", rank=4),
+     "only, not 'joint' with joint_adapter='full-ft'"),
 ])
 def test_options_that_do_not_apply_are_refused(given, says):
     with pytest.raises(ConfigError) as err:
@@ -192,6 +197,10 @@ def test_options_that_apply_are_kept():
                        magnitude_init=2.0).magnitude_init == 2.0
     assert TrainConfig(holdout="validation", val_fraction=0.3).val_fraction == 0.3
     assert TrainConfig(benchmark="imagenet-r", data_root="/data").data_root == "/data"
+    for method in ("lora", "sd-lora", "single-decoupled", "inflora"):
+        assert TrainConfig(method=method, rank=4).rank == 4
+    assert TrainConfig(method="joint", joint_adapter="sd-lora", rank=4).rank == 4
+    assert TrainConfig(method="full-ft").with_options(rank=4).rank == 10  # the Train page's way
     # a script's setting spread over methods stays where it means something
     spread = TrainConfig(new_magnitude_init=0.0)
     assert spread.with_options(method="lora").new_magnitude_init is None

@@ -167,6 +167,27 @@ def dominance(curve: pd.DataFrame, other: pd.DataFrame) -> dict:
     return dict(dominated=int(sum(beaten)), of=len(beaten))
 
 
+def rate_effect(curve: pd.DataFrame, collapse: float = 0.5) -> dict | None:
+    """What raising a knob does to the old tasks along one method's curve (rows in the knob's
+    order with value, plasticity and forgetting, as `frontier` gives them): the change in
+    forgetting from the lowest value to the most plastic one (`low`, `high`, `change`), and the
+    values past it whose plasticity fell below `collapse` times the best (`collapsed`). A
+    collapsed point forgets little only because it learned little, so it does not answer "what
+    does a higher rate do to what was learned"; where the lowest value is itself the most
+    plastic, the next value is compared instead. None with fewer than two points."""
+    if len(curve) < 2:
+        return None
+    curve = curve.sort_values("value").reset_index(drop=True)
+    peak = int(curve["plasticity"].to_numpy().argmax())
+    best = float(curve["plasticity"].iloc[peak])
+    collapsed = [float(v) for v, p in zip(curve["value"].iloc[peak + 1:],
+                                          curve["plasticity"].iloc[peak + 1:])
+                 if p < collapse * best]
+    low, high = curve.iloc[0], curve.iloc[max(peak, 1)]
+    return dict(low=low, high=high, change=float(high.forgetting - low.forgetting),
+                collapsed=collapsed)
+
+
 def frontier_summary(data: dict, knob: str, method: str = "sd-lora",
                      other: str = "lora") -> dict:
     """Whether `method`'s curve along `knob` lies beyond `other`'s in the plasticity/forgetting
