@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from .config import ConfigError, TrainConfig
 from .data import DataError
+from .errors import refused_field
 from .runs import RunError, RunFolder, check_same_settings, nearest_existing
 
 
@@ -44,7 +45,7 @@ def config(parser: argparse.ArgumentParser, flags: dict[str, str] | None = None,
     try:
         return TrainConfig(**values)
     except ConfigError as err:
-        field = next((k for k in values if str(err).startswith(f"{k}=")), None)
+        field = refused_field(err, values)
         if field is None:
             parser.error(_one_line(err))
         flag = flags.get(field, "--" + field.replace("_", "-"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import METHODS, ConfigError, TrainConfig
 from .data import DataError
+from .errors import refused_field
 
 log = logging.getLogger("sdlora")
 
@@ -144,7 +145,7 @@ def _cmd_train(args) -> int:
         try:
             config = preset_config(args.preset, **given) if args.preset else TrainConfig(**given)
         except ConfigError as err:
-            flag = next((k for k in given if str(err).startswith(f"{k}=")), None)
+            flag = refused_field(err, given)
             if flag is None:
                 raise
             raise ConfigError(f"--{flag.replace('_', '-')} {given[flag]}: {err}") from err
