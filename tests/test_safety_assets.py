@@ -105,6 +105,53 @@ def test_glyph_pretraining_is_scored_on_held_out_pretraining_views(tmp_path, mon
         pretrain_glyphs(steps=1, out=out)
 
 
+def test_embedded_pretraining_is_scored_on_held_out_pretraining_images(tmp_path, monkeypatch):
+    """embedded-vit's pretraining was scored on Fashion-MNIST's test set, which renditions20's
+    Fashion images come from; now on a held-out share of each pretraining class that it never
+    trained on, full-resolution and as 8 x 8 renditions, and the metadata says so."""
+    import sdlora.data
+    import sdlora.pretrain as pretraining
+    from sdlora.benchmark import ArrayDataset
+
+    def no_benchmark(*args, **kwargs):
+        raise AssertionError("pretraining read a benchmark or Fashion-MNIST's test set")
+
+    monkeypatch.setattr(sdlora.data, "load_benchmark", no_benchmark)
+    monkeypatch.setattr(sdlora.data, "load_fashion_mnist", no_benchmark)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(20).repeat_interleave(10)  # 20 classes x 10 images
+    images = torch.rand(len(labels), 3, 28, 28, generator=g)
+    images[:, 1:] = images[:, :1]  # grey, as the real images
+    monkeypatch.setattr(pretraining, "load_pretraining_images",
+                        lambda: ArrayDataset(images, labels))
+    seen = []
+    real_augment = pretraining.augment
+    monkeypatch.setattr(pretraining, "augment",
+                        lambda x, gen: seen.append(x.clone()) or real_augment(x, gen))
+    scored = []
+    real_accuracy = pretraining._accuracy
+    monkeypatch.setattr(pretraining, "_accuracy", lambda model, head, x, y, *a: scored.append(
+        (x.clone(), y.clone())) or real_accuracy(model, head, x, y, *a))
+    out = tmp_path / "embedded.safetensors"
+    result = pretraining.pretrain(epochs=1, batch_size=64, out=out, held_out_fraction=0.2)
+    assert result["held_out_images"] == 40  # 2 of each class's 10
+    key = lambda x: set(x[:, 0, 5, 5].tolist())  # noqa: E731  (a pixel: distinct per image)
+    trained, (held, held_labels) = torch.cat(seen), scored[0]
+    assert len(trained) == 160 and len(key(trained)) == 160  # one epoch over 8 of each class
+    assert len(held) == 40 and key(held) == key(images) - key(trained)  # the other 2, unseen
+    assert torch.bincount(held_labels).tolist() == [2] * 20
+    assert all(0 <= result[k] <= 100 for k in ("held_out_full_res", "held_out_8x8_rendition"))
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["scored_on"] == result["scored_on"] and "never a benchmark image" in \
+        meta["scored_on"] and "0.2 of each class" in meta["scored_on"]
+    assert meta["held_out_images"] == "40" and not any("fashion_test" in k for k in meta)
+    backbone.create_backbone("embedded-vit", weights=out)  # loads as the backbone
+    with pytest.raises(ConfigError, match="held_out_fraction=1.5 is not valid"):
+        pretraining.pretrain(epochs=1, out=tmp_path / "other.safetensors",
+                             held_out_fraction=1.5)
+
+
 # -- 2. a weights file must hold every weight of the backbone --------------------------------
 def test_weights_file_must_hold_every_backbone_weight(tmp_path, capsys):
     state = load_file(str(backbone.EMBEDDED_WEIGHTS))
