@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_table  # noqa: E402  (puts the repository on sys.path)
 from sdlora import argcheck  # noqa: E402
 from sdlora.config import METHODS, TrainConfig  # noqa: E402
-from sdlora.analysis.tradeoff import frontier_markdown, frontier_summary  # noqa: E402
+from sdlora.analysis.tradeoff import (frontier_markdown, frontier_summary,  # noqa: E402
+                                      others_markdown)
 from sdlora.runs import REUSE_IGNORED, atomic_write_json  # noqa: E402
 from sdlora.tuning import grid_for, search, tuned_lr  # noqa: E402
 
@@ -159,6 +160,8 @@ def main() -> None:
              if data["missing"] else "; none missing"), file=sys.stderr)
     for knob in data["sweeps"]:  # the README's frontier paragraph: SD-LoRA's curve vs LoRA's
         print(f"\n{knob} sweep\n" + frontier_markdown(frontier_summary(data, knob)))
+        print(f"\n{knob} sweep, the other methods against sd-lora's curve\n"
+              + others_markdown(data, knob))
 
 
 if __name__ == "__main__":

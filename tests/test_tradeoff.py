@@ -206,7 +206,7 @@ def test_frontier_summary_counts_dominated_points_by_hand():
     sd-lora at 0.01: (80, 10) beats lora at 0.01: (70, 30) in both seeds; lora at 0.1 (90, 50)
     is more plastic than any sd-lora point, so 1 of 2 is dominated; lora's value 1.0 has one
     seed only and is left out."""
-    from sdlora.analysis.tradeoff import frontier_markdown, frontier_summary
+    from sdlora.analysis.tradeoff import frontier_markdown, frontier_summary, others_markdown
 
     def m(first, kept, second):
         return {"accuracy_matrix": [[first], [kept, second]]}
@@ -225,6 +225,15 @@ def test_frontier_summary_counts_dominated_points_by_hand():
     curve = s["curves"]["lora"].set_index("value")
     assert curve.loc[0.1, "plasticity"] == 90 and curve.loc[0.1, "forgetting"] == 50
     assert "1 of 2 of lora's points are dominated" in frontier_markdown(s)
+    # where the other methods sit against sd-lora's curve: frozen (60, 0) is less plastic
+    # than sd-lora's (80, 10) and forgets less: neither dominates the other
+    data["sweeps"]["lr"]["frozen"] = {"0.01": {"0": m(60, 60, 60), "1": m(60, 60, 60)}}
+    data["sweeps"]["lr"]["full-ft"] = {"0.01": {"0": m(60, 30, 60), "1": m(60, 40, 60)}}
+    text = others_markdown(data, "lr")
+    assert "| frozen | 0.01 | 2 | 60.0 ± 0.0 | 0.0 ± 0.0 |" in text
+    assert "| full-ft | 0.01 | 2 | 60.0 ± 0.0 | 25.0 ± 5.0 |" in text and "| lora |" not in text
+    assert "frozen: 0 of 1 of its points dominated by a point of sd-lora's curve; 0 of 1" in text
+    assert "full-ft: 1 of 1 of its points dominated" in text
 
 
 def test_rate_effect_reads_the_curve_up_to_its_most_plastic_point():

@@ -244,3 +244,32 @@ def frontier_markdown(summary: dict) -> str:
         lines.append("Left out (not every seed finished): " + ", ".join(
             f"{m} {v:g}" for m, v in summary["incomplete"]))
     return "\n".join(lines)
+
+
+def others_markdown(data: dict, knob: str, method: str = "sd-lora",
+                    skip: tuple[str, ...] = ("lora",)) -> str:
+    """Where every other method of the sweep sits against `method`'s curve along `knob` (the
+    README's "where the others sit"): each one's points (mean ± s.e. over seeds, values every
+    seed has) and `dominance` of the means both ways, from `frontier_summary`. `skip`: methods
+    already shown (LoRA's own paragraph)."""
+    others = sorted(set(data.get("sweeps", {}).get(knob, {})) - {method, *skip})
+    lines = [f"| method | {knob} | seeds | plasticity | forgetting |", "|---|---|---|---|---|"]
+    verdicts = []
+    for other in others:
+        summary = frontier_summary(data, knob, method, other)
+        curve = summary["curves"].get(other)
+        if curve is None or curve.empty:
+            continue
+        for r in curve.itertuples():
+            lines.append(f"| {other} | {r.value:g} | {r.seeds} | {r.plasticity:.1f} ± "
+                         f"{r.plasticity_se:.1f} | {r.forgetting:.1f} ± {r.forgetting_se:.1f} |")
+        b, w = summary["means"]["beyond"], summary["means"]["behind"]
+        left_out = [f"{v:g}" for m, v in summary["incomplete"] if m == other]
+        verdicts.append(f"{other}: {b['dominated']} of {b['of']} of its points dominated by a "
+                        f"point of {method}'s curve; {w['dominated']} of {w['of']} of "
+                        f"{method}'s by its points"
+                        + (f" (left out, not every seed finished: {', '.join(left_out)})"
+                           if left_out else "") + ".")
+    if not verdicts:
+        return f"{knob}: no other method's finished runs"
+    return "\n".join(lines + [""] + verdicts)
