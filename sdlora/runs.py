@@ -533,15 +533,28 @@ def check_metrics(metrics: Any, path: Path | str = "metrics.json") -> None:
         raise bad(f"task_info is {_kind(metrics['task_info'])}; expected a list")
 
 
+_WHOLE: dict[str, tuple[int, ...]] = {}  # path -> stat of a file found whole
+_WHOLE_MAX = 100_000
+
+
+def _signature(stat: os.stat_result) -> tuple[int, ...]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 def check_safetensors(path: Path, what: str = "") -> None:
     """RunError unless `path` is a whole safetensors file: an 8-byte header length, that much
     JSON describing the tensors, and exactly the bytes they need after it (a copy cut short,
-    a file of zeros, a text file all fail). Reads the header only."""
+    a file of zeros, a text file all fail). Reads the header only, and not again while the
+    file's stat (device, inode, size, modification and change times) is the one it had when found whole:
+    the app lists every run's checkpoints every few seconds."""
     def bad(why: str) -> RunError:
         return RunError(f"{path} is damaged ({why})" + (f": {what}" if what else ""))
 
     try:
-        size = path.stat().st_size
+        stat = path.stat()
+        size = stat.st_size
+        if _WHOLE.get(str(path)) == _signature(stat):
+            return
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
@@ -564,6 +577,9 @@ def check_safetensors(path: Path, what: str = "") -> None:
     if size != expected:
         raise bad(f"{'cut short' if size < expected else 'too long'}: {size} bytes, its header "
                   f"describes {expected}")
+    if len(_WHOLE) >= _WHOLE_MAX:
+        _WHOLE.clear()
+    _WHOLE[str(path)] = _signature(stat)
 
 
 def demo_runs_root() -> Path:

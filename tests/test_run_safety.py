@@ -404,6 +404,28 @@ def test_damaged_checkpoint_is_listed_as_damaged(run_copy, capsys, cut):
         assert code == 2 and err.startswith("error: ") and message in err, (command, err)
 
 
+def test_a_whole_checkpoint_is_read_once_until_it_changes(run_copy, monkeypatch):
+    """The app lists every run every few seconds: a checkpoint found whole is not read again
+    while its stat is unchanged, and is read (and found damaged) once it changes."""
+    import builtins
+
+    from sdlora.runs import check_safetensors
+
+    run, _ = run_copy
+    path = run.checkpoint_path(0)
+    check_safetensors(path)
+    real_open = builtins.open
+    opened = []
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(str(f))
+                        or real_open(f, *a, **k))
+    check_safetensors(path)
+    assert str(path) not in opened
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(RunError, match="cut short"):
+        check_safetensors(path)
+    assert str(path) in opened
+
+
 def test_missing_step_log_is_listed_as_damaged(run_copy, capsys):
     from sdlora.analysis import magnitude_series
 
