@@ -21,8 +21,9 @@ RUN = "tradeoff_run"  # the run whose per-task bars are shown (its path)
 KNOB = "tradeoff_knob"  # the frontiers' knob: "lr" or "epochs"
 FRONTIER_AFTER = "tradeoff_frontier_after"  # the frontiers' "after task t"
 STEP = "tradeoff_step"  # the lesson's step (1-based)
+CURVES = "tradeoff_curves"  # the frontiers' methods drawn
 ANSWER = "tradeoff_answer_{}"  # the student's answer at lesson step {} (1-based)
-KEYS = [VIEW, AFTER, GROUPED, RUN, KNOB, FRONTIER_AFTER, STEP]
+KEYS = [VIEW, AFTER, GROUPED, RUN, KNOB, FRONTIER_AFTER, CURVES, STEP]
 VIEWS = ["Plane", "Frontiers", "Lesson"]
 
 st.title("The stability-plasticity trade-off")
@@ -217,15 +218,18 @@ def sweep_line(points: pd.DataFrame, knob: str, after: int, methods=None) -> pd.
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def frontier_view(stamp: tuple, knob: str, after: int) -> tuple:
-    """The frontiers' figure, numbers, and how many of LoRA's points SD-LoRA's curve beats."""
-    line = sweep_line(_sweep(*stamp)[1], knob, after)
+def frontier_view(stamp: tuple, knob: str, after: int, methods: tuple[str, ...]) -> tuple:
+    """The frontiers' figure and numbers for `methods`, and per other method shown how many of
+    its points SD-LoRA's curve beats and the other way round ({method: (beaten, behind)})."""
+    line = sweep_line(_sweep(*stamp)[1], knob, after, list(methods))
     fig = figures.tradeoff_figure(line, f"Each method's curve as the {KNOBS[knob]} grows "
                                         f"(after task {after}; mean ± s.e. over seeds)",
                                   lines=True)
-    d = (dominance(line[line["method"] == "sd-lora"], line[line["method"] == "lora"])
-         if {"lora", "sd-lora"} <= set(line["method"]) else None)
-    return fig, line, d
+    sd = line[line["method"] == "sd-lora"]
+    versus = {} if sd.empty else {
+        m: (dominance(sd, line[line["method"] == m]), dominance(line[line["method"] == m], sd))
+        for m in dict.fromkeys(line["method"]) if m != "sd-lora"}
+    return fig, line, versus
 
 
 # -- the frontiers ------------------------------------------------------------------------------
@@ -248,13 +252,26 @@ def frontiers() -> None:
     after = ui.url_control(c2.slider, "After task t", name="frontier_after", key=FRONTIER_AFTER,
                            default=most, min_value=1, max_value=max(most, 2),
                            parse=ui.number(int, 1, most), disabled=most < 2)
-    fig, line, d = frontier_view(sweep_stamp(), knob, after)
+    swept = list(dict.fromkeys(points["method"]))  # every method of any sweep, in file order
+    shown = ui.url_control(st.multiselect, "Methods drawn", name="curves", key=CURVES,
+                           many=True, default=swept, options=swept,
+                           help="The methods whose curves are drawn (all by default); a method "
+                                "without runs on this knob draws nothing.")
+    fig, line, versus = frontier_view(sweep_stamp(), knob, after, tuple(shown))
     st.plotly_chart(fig, width="stretch", key="tradeoff-frontier")
     ui.download_buttons(fig, line.drop(columns=["text"]), "tradeoff_frontier")
-    if d is not None:
+    if "lora" in versus:
+        d, back = versus["lora"]
         st.markdown(f"**Does SD-LoRA's curve lie beyond LoRA's?** After task {after}, "
                     f"{d['dominated']} of LoRA's {d['of']} points are beaten by some SD-LoRA "
-                    "point (as plastic or more and as stable or more, on the means).")
+                    "point (as plastic or more and as stable or more, on the means); "
+                    f"{back['dominated']} of SD-LoRA's {back['of']} by some LoRA point.")
+    others = [f"{m}: {d['dominated']} of its {d['of']} points beaten by SD-LoRA, "
+              f"{back['dominated']} of SD-LoRA's {back['of']} beaten by it"
+              for m, (d, back) in versus.items() if m != "lora"]
+    if others:
+        st.markdown("**The other methods against SD-LoRA's curve** (points on the means): "
+                    + "; ".join(others) + ".")
     seeds = ", ".join(map(str, data.get("seeds", [])))
     fixed = (f"at each method's validation-chosen rate" if knob == "epochs"
              else f"at {data.get('default_epochs', '?')} epochs a task")
