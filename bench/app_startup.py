@@ -396,6 +396,7 @@ def main() -> None:
                                  "tradeoff:After task t", "tradeoff:Mean ± s.e. over seeds",
                                  "tradeoff:Run shown", "tradeoff?view=Frontiers:After task t",
                                  "tradeoff?view=Frontiers:Knob",
+                                 "tradeoff?view=Frontiers:Methods drawn",
                                  "tradeoff?view=Lesson:Right after learning each task"],
                         help="controls moved for the control-move times (a page's file name, "
                              "a link's query string allowed, and the control's label)")
