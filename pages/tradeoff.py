@@ -367,7 +367,7 @@ def step_frozen(context: dict):
                "right of LoRA and higher: better at both"]
 
     def reveal(answer: str) -> None:
-        line = lesson_line(context, "lr", ["lora", "sd-lora", "frozen"])
+        line = lesson_line(context, "lr", ["lora", "sd-lora", "frozen", "full-ft"])
         best = line.loc[line.groupby("method")["plasticity"].idxmax()] if not line.empty else line
         if not {"lora", "frozen"} <= set(best.get("method", [])):
             return needs("the sweep's frozen and lora runs (results/" + sweep_path().name + ")")
@@ -379,10 +379,14 @@ def step_frozen(context: dict):
         st.plotly_chart(figures.tradeoff_figure(best, "Each method at its most plastic rate of "
                                                       "the sweep"), width="stretch",
                         key="lesson-3")
+        steady = best.loc[best["forgetting"].idxmin()]
+        eager = best.loc[best["plasticity"].idxmax()]
         st.markdown(f"With the backbone frozen only the head learns: {frozen.plasticity:.1f}% on "
                     f"each new task against LoRA's {lora.plasticity:.1f}%, forgetting "
-                    f"{frozen.forgetting:.1f} points against {lora.forgetting:.1f}. It is the "
-                    "stability end of the trade-off; `full-ft` is the plasticity end.")
+                    f"{frozen.forgetting:.1f} points against {lora.forgetting:.1f}. Of the "
+                    f"methods drawn, `{steady.method}` forgets least ({steady.forgetting:.1f}) "
+                    f"and `{eager.method}` learns most ({eager.plasticity:.1f}%, forgetting "
+                    f"{eager.forgetting:.1f}): the two ends of the trade-off.")
 
     return ("Where does the frozen backbone (only the classifier head learns) sit in the plane?",
             choices, reveal)
