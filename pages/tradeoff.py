@@ -381,12 +381,15 @@ def step_frozen(context: dict):
                         key="lesson-3")
         steady = best.loc[best["forgetting"].idxmin()]
         eager = best.loc[best["plasticity"].idxmax()]
+        ends = (f"Of {', '.join(f'`{m}`' for m in best['method'])} (each at its most plastic "
+                f"rate), `{steady.method}` forgets least ({steady.forgetting:.1f}) and "
+                f"`{eager.method}` learns most ({eager.plasticity:.1f}%, forgetting "
+                f"{eager.forgetting:.1f}): " + (
+                    "the two ends of the trade-off." if steady.method != eager.method else
+                    "one method at both ends, so here there is no trade-off between them."))
         st.markdown(f"With the backbone frozen only the head learns: {frozen.plasticity:.1f}% on "
                     f"each new task against LoRA's {lora.plasticity:.1f}%, forgetting "
-                    f"{frozen.forgetting:.1f} points against {lora.forgetting:.1f}. Of the "
-                    f"methods drawn, `{steady.method}` forgets least ({steady.forgetting:.1f}) "
-                    f"and `{eager.method}` learns most ({eager.plasticity:.1f}%, forgetting "
-                    f"{eager.forgetting:.1f}): the two ends of the trade-off.")
+                    f"{frozen.forgetting:.1f} points against {lora.forgetting:.1f}. {ends}")
 
     return ("Where does the frozen backbone (only the classifier head learns) sit in the plane?",
             choices, reveal)
@@ -406,7 +409,9 @@ def step_rate(context: dict):
                 else choices[1])
         st.plotly_chart(figures.tradeoff_figure(line, "Vanilla LoRA as its learning rate grows",
                                                 lines=True), width="stretch", key="lesson-4")
-        st.markdown(f"From lr {low.value:g} to {high.value:g} (its most plastic rate) vanilla "
+        peak = ("its most plastic rate" if effect["at_peak"] else
+                f"lr {low.value:g} is already its most plastic rate")
+        st.markdown(f"From lr {low.value:g} to {high.value:g} ({peak}) vanilla "
                     f"LoRA's forgetting went from {low.forgetting:.1f} to {high.forgetting:.1f} "
                     f"points and its plasticity from {low.plasticity:.1f}% to "
                     f"{high.plasticity:.1f}%. One knob moves a method along its own curve: the "

@@ -92,8 +92,9 @@ with st.form("train"):
     rank = ui.url_control(c3.number_input, "Rank r", name="rank", default=default.rank,
                           parse=ui.number(int, 1), step=1,
                           help="Of each LoRA direction (and InfLoRA's). Methods without "
-                               "low-rank adapters (full-ft, frozen, the prompt methods) have "
-                               "none; sd-lora-rr follows its own schedule (rr_ranks).")
+                               "low-rank adapters (full-ft, frozen, simplecil, the prompt "
+                               "methods, joint with a full-ft adapter) have none and ignore "
+                               "it; sd-lora-rr follows its own schedule (rr_ranks).")
     seed = ui.url_control(c3.number_input, "Seed", name="seed", key=f"url-seed{lesson}",
                           default=lesson_settings["seed"] if lesson_settings else 0,
                           parse=ui.number(int, 0), step=1)

@@ -118,7 +118,7 @@ def settings(parser: argparse.ArgumentParser, pairs: list[str], flag: str = "--s
     try:
         TrainConfig(**{**values, **parsed})
     except ConfigError as err:
-        field = next((k for k in parsed if str(err).startswith(f"{k}=")), None)
+        field = refused_field(err, parsed)
         if field is None:  # one of the script's own options
             config(parser, **values)
             parser.error(_one_line(err))

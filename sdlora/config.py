@@ -728,9 +728,12 @@ def _rank() -> Applies:
         return repr(c.method) + (f" with joint_adapter={c.joint_adapter!r}"
                                  if c.method == "joint" else "")
 
-    return ("the methods with low-rank adapters (lora, the sd-lora family but sd-lora-rr, "
-            "whose ranks are rr_ranks, single-decoupled, fixed-first-direction, inflora, joint "
-            "with joint_adapter 'lora' or 'sd-lora')", applies, here)
+    from .traits import TRAITS
+
+    ranked = [m for m, t in TRAITS.items() if t.adapter and m != "sd-lora-rr"] + ["inflora"]
+    return ("the methods with low-rank adapters of rank `rank` (" + ", ".join(ranked)
+            + "; joint with joint_adapter 'lora' or 'sd-lora'; sd-lora-rr's ranks are rr_ranks)",
+            applies, here)
 
 
 def _file_benchmark(c: "TrainConfig") -> bool:

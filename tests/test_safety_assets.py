@@ -118,6 +118,7 @@ def test_embedded_pretraining_is_scored_on_held_out_pretraining_images(tmp_path,
 
     monkeypatch.setattr(sdlora.data, "load_benchmark", no_benchmark)
     monkeypatch.setattr(sdlora.data, "load_fashion_mnist", no_benchmark)
+    monkeypatch.setattr(pretraining, "load_fashion_mnist", no_benchmark, raising=False)
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(20).repeat_interleave(10)  # 20 classes x 10 images
     images = torch.rand(len(labels), 3, 28, 28, generator=g)

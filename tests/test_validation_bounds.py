@@ -181,7 +181,7 @@ def test_interpolation_points_are_bounded(capsys, no_training):
     (dict(val_fraction=0.3), "val_fraction=0.3 applies to holdout='validation' only"),
     (dict(method="full-ft", rank=4), "rank=4 applies to the methods with low-rank adapters"),
     (dict(method="hide-prompt", rank=4), "only, not 'hide-prompt'"),
-    (dict(method="sd-lora-rr", rank=4), "whose ranks are rr_ranks"),
+    (dict(method="sd-lora-rr", rank=4), "sd-lora-rr's ranks are rr_ranks) only"),
     (dict(method="joint", joint_adapter="full-ft", rank=4),
      "only, not 'joint' with joint_adapter='full-ft'"),
 ])

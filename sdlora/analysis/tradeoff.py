@@ -168,24 +168,32 @@ def dominance(curve: pd.DataFrame, other: pd.DataFrame) -> dict:
 
 
 def rate_effect(curve: pd.DataFrame, collapse: float = 0.5) -> dict | None:
-    """What raising a knob does to the old tasks along one method's curve (rows in the knob's
-    order with value, plasticity and forgetting, as `frontier` gives them): the change in
-    forgetting from the lowest value to the most plastic one (`low`, `high`, `change`), and the
-    values past it whose plasticity fell below `collapse` times the best (`collapsed`). A
-    collapsed point forgets little only because it learned little, so it does not answer "what
-    does a higher rate do to what was learned"; where the lowest value is itself the most
-    plastic, the next value is compared instead. None with fewer than two points."""
+    """What raising a knob does to the old tasks along one method's curve (rows with value,
+    plasticity and forgetting, as `frontier` gives them; rows with a NaN left out): the change
+    in forgetting (`change`) from the lowest value (`low`) to the most plastic one (`high`; of
+    tied values the highest), and the values past the most plastic one whose plasticity fell
+    below `collapse` times the best (`collapsed`). A collapsed point forgets little only because
+    it learned little, so it does not answer "what does a higher rate do to what was learned".
+    Where the lowest value is itself the most plastic (`at_peak` False), `high` is the next
+    value that did not collapse (the next value when all did). None with fewer than two
+    points."""
+    curve = curve.dropna(subset=["value", "plasticity", "forgetting"])
     if len(curve) < 2:
         return None
     curve = curve.sort_values("value").reset_index(drop=True)
-    peak = int(curve["plasticity"].to_numpy().argmax())
-    best = float(curve["plasticity"].iloc[peak])
-    collapsed = [float(v) for v, p in zip(curve["value"].iloc[peak + 1:],
-                                          curve["plasticity"].iloc[peak + 1:])
+    plasticity = curve["plasticity"].to_numpy()
+    best = float(plasticity.max())
+    peak = int(np.flatnonzero(plasticity == best)[-1])
+    collapsed = [float(v) for v, p in zip(curve["value"].iloc[peak + 1:], plasticity[peak + 1:])
                  if p < collapse * best]
-    low, high = curve.iloc[0], curve.iloc[max(peak, 1)]
-    return dict(low=low, high=high, change=float(high.forgetting - low.forgetting),
-                collapsed=collapsed)
+    if peak > 0:
+        high = peak
+    else:
+        kept = [i for i in range(1, len(curve)) if float(curve["value"].iloc[i]) not in collapsed]
+        high = kept[0] if kept else 1
+    low, high_row = curve.iloc[0], curve.iloc[high]
+    return dict(low=low, high=high_row, change=float(high_row.forgetting - low.forgetting),
+                collapsed=collapsed, at_peak=peak > 0)
 
 
 def frontier_summary(data: dict, knob: str, method: str = "sd-lora",
@@ -254,22 +262,25 @@ def others_markdown(data: dict, knob: str, method: str = "sd-lora",
     already shown (LoRA's own paragraph)."""
     others = sorted(set(data.get("sweeps", {}).get(knob, {})) - {method, *skip})
     lines = [f"| method | {knob} | seeds | plasticity | forgetting |", "|---|---|---|---|---|"]
-    verdicts = []
+    verdicts, skipped = [], []
     for other in others:
         summary = frontier_summary(data, knob, method, other)
         curve = summary["curves"].get(other)
-        if curve is None or curve.empty:
+        if curve is None or curve.empty:  # no value that every seed of both methods has
+            skipped.append(other)
             continue
         for r in curve.itertuples():
             lines.append(f"| {other} | {r.value:g} | {r.seeds} | {r.plasticity:.1f} ± "
                          f"{r.plasticity_se:.1f} | {r.forgetting:.1f} ± {r.forgetting_se:.1f} |")
         b, w = summary["means"]["beyond"], summary["means"]["behind"]
-        left_out = [f"{v:g}" for m, v in summary["incomplete"] if m == other]
+        left_out = [f"{m} {v:g}" for m, v in summary["incomplete"]]
         verdicts.append(f"{other}: {b['dominated']} of {b['of']} of its points dominated by a "
                         f"point of {method}'s curve; {w['dominated']} of {w['of']} of "
                         f"{method}'s by its points"
                         + (f" (left out, not every seed finished: {', '.join(left_out)})"
                            if left_out else "") + ".")
+    note = ([f"Left out, no value finished at every seed of both it and {method}: "
+             + ", ".join(skipped) + "."] if skipped else [])
     if not verdicts:
-        return f"{knob}: no other method's finished runs"
-    return "\n".join(lines + [""] + verdicts)
+        return "\n".join([f"{knob}: no other method's points to compare"] + note)
+    return "\n".join(lines + [""] + verdicts + note)
