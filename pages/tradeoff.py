@@ -168,8 +168,12 @@ def plane() -> None:
         help="Runs whose whole configuration but the seed is the same become one point with "
              "standard-error bars.")
     paths = list(runs)
-    # first: the run chosen in the sidebar, else SD-LoRA's first
-    first = next((p for p in [st.session_state.get(ui.SELECTED_RUN)]
+    # first: the run chosen in the sidebar (its link's `run` or its default), else SD-LoRA's
+    try:
+        sidebar = ui.selected_run()
+    except ui.DamagedSelection:  # the sidebar says so; this page draws the healthy runs
+        sidebar = None
+    first = next((p for p in [str(sidebar.path) if sidebar else None]
                   + [p for p in paths if runs[p]["method"] == "sd-lora"] if p in runs), paths[0])
     left, right = st.columns([3, 2])
     with left:
