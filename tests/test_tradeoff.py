@@ -130,6 +130,9 @@ def _page(monkeypatch, tmp_path, sweep_text=None, query=None):
 
 def test_page_plane_moves_with_the_task_and_shows_the_chosen_run(monkeypatch, tmp_path):
     at = _page(monkeypatch, tmp_path)
+    # the run shown starts as the sidebar's run (its default: SD-LoRA's first demo seed)
+    assert at.selectbox(key="tradeoff_run").value == at.session_state["selected_run"]
+    assert at.selectbox(key="tradeoff_run").value.endswith("sd-lora-s0")
     assert len(at.get("plotly_chart")) == 2 and not at.error
     assert at.slider(key="tradeoff_after").value == 5  # the demo runs' last task
     at.slider(key="tradeoff_after").set_value(2).run()
@@ -145,6 +148,12 @@ def test_page_plane_moves_with_the_task_and_shows_the_chosen_run(monkeypatch, tm
     assert any(t.value == "Accuracy" for t in at.title)  # on the Accuracy page
 
 
+def test_page_shows_the_run_of_the_link_sidebar_choice(monkeypatch, tmp_path):
+    at = _page(monkeypatch, tmp_path, query=dict(run="demo/lora-s1"))
+    assert at.selectbox(key="tradeoff_run").value == str(tmp_path / "cache" / "demo" / "lora-s1")
+    assert "lora-s1: learned vs kept" in at.get("plotly_chart")[1].proto.spec
+
+
 def test_page_frontiers_and_lesson_from_the_shipped_sweep(monkeypatch, tmp_path):
     at = _page(monkeypatch, tmp_path, query=dict(view="Frontiers", knob="epochs"))
     assert at.radio(key="tradeoff_knob").value == "epochs"
@@ -153,6 +162,16 @@ def test_page_frontiers_and_lesson_from_the_shipped_sweep(monkeypatch, tmp_path)
     if data["missing"]:
         assert any(f"{len(data['missing'])} runs of the sweep" in e.label for e in at.expander)
     at.radio(key="tradeoff_knob").set_value("lr").run()
+    swept = set(data["sweeps"]["lr"])
+    assert set(at.multiselect(key="tradeoff_curves").value) == swept | set(data["sweeps"]["epochs"])
+    assert len(swept) >= 6  # lora, sd-lora, full-ft, frozen, inflora, coda-prompt
+    said = " ".join(m.value for m in at.markdown)
+    assert "**Does SD-LoRA's curve lie beyond LoRA's?**" in said
+    assert all(f"{m}: " in said for m in swept - {"lora", "sd-lora"}), said
+    at.multiselect(key="tradeoff_curves").set_value(["lora", "full-ft"]).run()
+    spec = at.get("plotly_chart")[0].proto.spec
+    assert "full-ft" in spec and "sd-lora" not in spec and not at.exception
+    assert at.query_params["curves"] == ["lora", "full-ft"]  # in the link
     at.session_state["tradeoff_view"] = "Lesson"
     at.run()
     question = at.radio(key="tradeoff_answer_1")
@@ -167,6 +186,12 @@ def test_page_frontiers_and_lesson_from_the_shipped_sweep(monkeypatch, tmp_path)
         radio.set_value(radio.options[0]).run()
         assert not at.exception and not at.error
         assert at.query_params["answer"] == radio.options[0]  # the link has the answer given
+        said = " ".join(m.value for m in at.markdown)
+        if step == 3:  # the ends of the trade-off read off the sweep
+            assert "`frozen` forgets least" in said and "`full-ft` learns most" in said, said
+        if step == 4:  # up to LoRA's most plastic rate; lr 0.03 collapses
+            assert "(its most plastic rate)" in said and "At lr 0.03 training collapses" in said
+            assert [s.value for s in at.success] == ["Right: they are forgotten more."]
     at.session_state["tradeoff_view"] = "Frontiers"  # the frontiers' choice was kept
     at.run()
     assert at.radio(key="tradeoff_knob").value == "lr"
@@ -234,6 +259,11 @@ def test_frontier_summary_counts_dominated_points_by_hand():
     assert "| full-ft | 0.01 | 2 | 60.0 ± 0.0 | 25.0 ± 5.0 |" in text and "| lora |" not in text
     assert "frozen: 0 of 1 of its points dominated by a point of sd-lora's curve; 0 of 1" in text
     assert "full-ft: 1 of 1 of its points dominated" in text
+    # a method whose seeds differ from sd-lora's has no comparable point: named, not dropped
+    data["sweeps"]["lr"]["inflora"] = {"0.01": {"0": m(60, 60, 60)}}
+    text = others_markdown(data, "lr")
+    assert text.endswith("Left out, no value finished at every seed of both it and sd-lora: "
+                         "inflora.")
 
 
 def test_rate_effect_reads_the_curve_up_to_its_most_plastic_point():
@@ -251,10 +281,19 @@ def test_rate_effect_reads_the_curve_up_to_its_most_plastic_point():
     assert (e["low"].value, e["high"].value) == (0.0005, 0.002)
     assert e["change"] == pytest.approx(6.1)
     assert e["collapsed"] == [0.03]  # 45.0 at 0.008 is past the peak but above half of 61.9
+    assert e["at_peak"]
     # the lowest rate most plastic: the next one is compared, nothing collapsed at 0.6x
     e = rate_effect(pd.DataFrame(dict(value=[1, 2], plasticity=[50, 30], forgetting=[20, 10])))
     assert (e["low"].value, e["high"].value, e["change"]) == (1, 2, -10)
-    assert e["collapsed"] == []
+    assert e["collapsed"] == [] and not e["at_peak"]
+    # ... and a collapsed next rate is skipped for the next one that learned
+    e = rate_effect(pd.DataFrame(dict(value=[1, 2, 3], plasticity=[60, 5, 40],
+                                      forgetting=[30, 2, 35])))
+    assert (e["high"].value, e["change"], e["collapsed"]) == (3, 5, [2.0])
+    # a tie: the highest of the tied rates; a NaN row is left out
+    e = rate_effect(pd.DataFrame(dict(value=[1, 2, 3, 4], plasticity=[50, 60, float("nan"), 60],
+                                      forgetting=[20, 30, 0, 45])))
+    assert (e["high"].value, e["change"]) == (4, 25)
     assert rate_effect(curve.iloc[:1]) is None
 
 
