@@ -46,6 +46,18 @@ def body() -> None:
     if not chosen:
         st.caption("Choose at least one run.")
         return
+    lines(chosen, methods)
+
+
+@st.fragment
+def lines(chosen: list[str], methods: dict[str, str]) -> None:
+    """The sliders and everything they change: a move reruns only this part (st.fragment),
+    not the run listing, the page's text or the sidebar (guarded again: a fragment's rerun
+    is outside the page's guard)."""
+    ui.guarded(lambda: _lines(chosen, methods))
+
+
+def _lines(chosen: list[str], methods: dict[str, str]) -> None:
     most = min(RunFolder(p).completed_tasks() for p in chosen)
     c1, c2 = st.columns(2)
     task = ui.url_control(c1.slider, "Task boundary t (from t−1 to t)", name="task",
@@ -66,10 +78,25 @@ def body() -> None:
         if bar:
             bar.empty()
         panels[f"{methods[p]}: {run.id}"] = pd.DataFrame(records)
-    fig = figures.interpolation_figure(panels, task)
-    frame = pd.concat([f.assign(run=k) for k, f in panels.items()])
+    stamps = tuple((p, ui.run_stamp(RunFolder(p))) for p in chosen)
+    fig, frame = line_view(stamps, task, points, panels)
     ui.show(fig, frame, f"interpolation_task{task}")
     path_plane_section(chosen, methods, task)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def line_view(stamps: tuple, task: int, points: int, _panels: dict) -> tuple:
+    """The interpolation figure and its numbers, built once per runs (and their writes), task
+    and points: a slider moved back and forth redraws without rebuilding (`_panels`, the
+    records, follow from the key)."""
+    fig = figures.interpolation_figure(_panels, task)
+    return fig, pd.concat([f.assign(run=k) for k, f in _panels.items()])
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def plane_view(stamps: tuple, task: int, _panels: dict):
+    """The path-plane figure, built once per runs (and their writes) and task (~70 ms)."""
+    return figures.path_plane_figure(_panels, task)
 
 
 def path_plane_section(chosen: list[str], methods: dict[str, str], task: int) -> None:
@@ -120,7 +147,9 @@ def path_plane_section(chosen: list[str], methods: dict[str, str], task: int) ->
         panels[f"{methods[p]}: {run.id}"] = value
     if not panels:
         return
-    ui.show(figures.path_plane_figure(panels, task), path_frame(panels), "path_plane")
+    labels = {f"{methods[p]}: {RunFolder(p).id}": p for p in chosen}
+    stamps = tuple(sorted((label, ui.run_stamp(RunFolder(labels[label]))) for label in panels))
+    ui.show(plane_view(stamps, task, panels), path_frame(panels), "path_plane")
     st.caption(" ".join(
         f"**{label}**: the plane holds {100 * r['variance_share']:.0f}% of the path's variance "
         f"(the best plane, its first two principal directions, {100 * r['pca_share']:.0f}%); "
