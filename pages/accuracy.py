@@ -47,6 +47,18 @@ def body() -> None:
     task_identity(run, m)
     within_task(run, m)
 
+    compare(paths)
+
+
+@st.fragment
+def compare(paths: list[str]) -> None:
+    """Runs overlaid: a change of the runs chosen reruns only this part (st.fragment), not the
+    chosen run's charts or the sidebar (guarded again: a fragment's rerun is outside the
+    page's guard)."""
+    ui.guarded(lambda: _compare(paths))
+
+
+def _compare(paths: list[str]) -> None:
     st.subheader("Compare runs")
     finished = {p: m for p in paths if (m := RunFolder(p).metrics(required=False))}
     default = list(finished)[:4]
