@@ -685,6 +685,12 @@ def _methods(*methods: str) -> Applies:
     return where, lambda c: c.method in methods, lambda c: repr(c.method)
 
 
+def _joint_here(c: "TrainConfig") -> str:
+    """The run an option was refused for: its method, and joint's adapter."""
+    return repr(c.method) + (f" with joint_adapter={c.joint_adapter!r}"
+                             if c.method == "joint" else "")
+
+
 def _adapter_method(c: "TrainConfig") -> str:
     """The method whose adapter the run trains (`joint`: its `joint_adapter`)."""
     return c.joint_adapter if c.method == "joint" else c.method
@@ -702,9 +708,7 @@ def _magnitudes(later_tasks: bool) -> Applies:
                 and (not later_tasks or (traits.per_task and c.method != "joint")))
 
     def here(c: "TrainConfig") -> str:
-        return (repr(c.method) + (f" with joint_adapter={c.joint_adapter!r}"
-                                  if c.method == "joint" else "")
-                + (f" with variant={c.variant!r}" if c.variant != "paper" else ""))
+        return _joint_here(c) + (f" with variant={c.variant!r}" if c.variant != "paper" else "")
 
     where = ("the methods that add a magnitude on every task (sd-lora, sd-lora-rr, sd-lora-kd, "
              "no-rescale, frozen-magnitudes; variant 'paper')" if later_tasks
@@ -724,16 +728,12 @@ def _rank() -> Applies:
         return method == "inflora" or (traits is not None and traits.adapter
                                        and method != "sd-lora-rr")
 
-    def here(c: "TrainConfig") -> str:
-        return repr(c.method) + (f" with joint_adapter={c.joint_adapter!r}"
-                                 if c.method == "joint" else "")
-
     from .traits import TRAITS
 
     ranked = [m for m, t in TRAITS.items() if t.adapter and m != "sd-lora-rr"] + ["inflora"]
     return ("the methods with low-rank adapters of rank `rank` (" + ", ".join(ranked)
             + "; joint with joint_adapter 'lora' or 'sd-lora'; sd-lora-rr's ranks are rr_ranks)",
-            applies, here)
+            applies, _joint_here)
 
 
 def _file_benchmark(c: "TrainConfig") -> bool:
